@@ -1,0 +1,149 @@
+"""``python -m artifact <command>``: every command has ``--help`` with its options and defaults."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from artifact import __version__
+
+
+def _fmt(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+
+
+def _add_workload_args(p: argparse.ArgumentParser) -> None:
+    from artifact.experiments.runs import DEFAULT_SEQUENCES, DEFAULT_TOKENS
+
+    p.add_argument("--model", default="switch-base-128", help="model preset")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--trace", help="routing trace file (.npz)")
+    src.add_argument("--synthetic", action="store_true", help="use the calibrated synthetic generator (default)")
+    p.add_argument("--sequences", type=int, default=DEFAULT_SEQUENCES, help="synthetic pool: sequences")
+    p.add_argument("--tokens", type=int, default=DEFAULT_TOKENS, help="synthetic pool: mean tokens per sequence")
+    p.add_argument("--batch", type=int, default=8, help="decode batch size")
+    p.add_argument("--steps", type=int, default=256, help="decode steps (0 = until the pool drains)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic pool and of randomised predictors")
+    p.add_argument("--strategy", default="intelligent_dedup", help="strategy (see `list`)")
+    p.add_argument("--cache-experts", type=int, default=128, help="GPU expert slots")
+    p.add_argument("--protocol", choices=("batched", "per_item"), default="batched", help="batch accounting")
+    p.add_argument("--hardware", default="h200", help="hardware profile name or JSON path")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _workload(args):
+    from artifact.experiments.runs import WorkloadSpec, make_workload
+
+    ws = WorkloadSpec(args.model, args.trace, args.sequences, args.tokens, args.seed)
+    return ws, make_workload(ws, args.batch, args.steps or None)
+
+
+def _print_row(row: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(row, sort_keys=False))
+        return
+    width = max(len(k) for k in row)
+    for k, v in row.items():
+        print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+
+
+def cmd_simulate(args) -> int:
+    from artifact.experiments.runs import simulate_one
+
+    ws, w = _workload(args)
+    row, _ = simulate_one(w, args.strategy, args.cache_experts, args.protocol, args.seed, args.hardware)
+    row = {"workload": ws.label, **row}
+    _print_row(row, args.json)
+    return 0
+
+
+def cmd_list(args) -> int:
+    from artifact.policies.registry import STRATEGIES
+
+    width = max(len(n) for n in STRATEGIES)
+    for s in STRATEGIES.values():
+        print(f"{s.name:<{width}}  {s.summary}  [source: {s.source}; predictor: {s.predictor}; "
+              f"eviction: {s.eviction}; sees: {s.access}]")
+    return 0
+
+
+def cmd_trace_generate(args) -> int:
+    from artifact.traces.synthetic import generate
+    from artifact.traces.trace import save
+
+    tr = generate(args.model, sequences=args.sequences, tokens=args.tokens, seed=args.seed)
+    save(tr, args.output)
+    print(f"wrote {args.output}: {tr.num_sequences} sequences, {tr.num_tokens} tokens, {tr.layers} layers, "
+          f"top-{tr.top_k}", file=sys.stderr)
+    return 0
+
+
+def cmd_trace_inspect(args) -> int:
+    from artifact.traces.stats import render_text, trace_stats
+    from artifact.traces.trace import load
+
+    st = trace_stats(load(args.file))
+    print(json.dumps(st) if args.json else render_text(st))
+    return 0
+
+
+def cmd_trace_record(args) -> int:
+    from artifact.traces.record import record_to_file
+
+    out = record_to_file(args.model, args.prompts, args.max_new_tokens, args.output, device=args.device)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m artifact", description="MoE expert offloading: traces, strategies, "
+                                "a calibrated simulator and a real engine.")
+    _fmt(p)
+    p.add_argument("--version", action="version", version=__version__)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("trace", help="generate, record and inspect routing traces")
+    _fmt(t)
+    tsub = t.add_subparsers(dest="trace_command", required=True, metavar="SUBCOMMAND")
+    g = tsub.add_parser("generate", help="write a calibrated synthetic trace")
+    _fmt(g)
+    g.add_argument("--model", default="switch-base-128", help="model preset")
+    g.add_argument("--sequences", type=int, default=64, help="number of sequences")
+    g.add_argument("--tokens", type=int, default=128, help="mean tokens per sequence")
+    g.add_argument("--seed", type=int, default=0, help="random seed")
+    g.add_argument("-o", "--output", required=True, help="output .npz")
+    g.set_defaults(func=cmd_trace_generate)
+    i = tsub.add_parser("inspect", help="print a trace's routing statistics")
+    _fmt(i)
+    i.add_argument("file", help="trace file (.npz)")
+    i.add_argument("--json", action="store_true", help="print one JSON object")
+    i.set_defaults(func=cmd_trace_inspect)
+    r = tsub.add_parser("record", help="record routing from a transformers MoE model during generation")
+    _fmt(r)
+    r.add_argument("--model", required=True, help="model name or path (transformers)")
+    r.add_argument("--prompts", required=True, help="prompts file: text (one per line) or .jsonl of token ids")
+    r.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate per prompt")
+    r.add_argument("--device", default="cpu", help="torch device")
+    r.add_argument("-o", "--output", required=True, help="output .npz")
+    r.set_defaults(func=cmd_trace_record)
+
+    s = sub.add_parser("simulate", help="plan a workload with one strategy and time it with the simulator")
+    _fmt(s)
+    _add_workload_args(s)
+    s.set_defaults(func=cmd_simulate)
+
+    ls = sub.add_parser("list", help="list every strategy and the source it follows")
+    _fmt(ls)
+    ls.set_defaults(func=cmd_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {msg}", file=sys.stderr)
+        return 2

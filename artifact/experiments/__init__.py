@@ -1,0 +1,1 @@
+"""Experiment grids (E1 to E7 of the design) and the resumable runner."""

@@ -1,0 +1,1 @@
+"""Plans and their executors: the scheduler, the simulator, the engine, hardware profiles."""

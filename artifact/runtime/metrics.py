@@ -1,0 +1,46 @@
+"""Metrics of one run, computed in one place from the plan and the timeline, for both executors."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from artifact.runtime.plan import Plan
+from artifact.runtime.timeline import Timeline
+
+
+def count_metrics(plan: Plan) -> dict:
+    """What the plan decided: the same for the simulator and the engine."""
+    n_load = plan.num_loads
+    prefetch = plan.load_prefetch
+    used_loads = np.zeros(n_load, bool)
+    ul = plan.use_load[plan.use_load >= 0]
+    used_loads[ul] = True
+    hits = int(plan.use_hit.sum())
+    unique_requests = int(plan.use_gid.shape[0])
+    return {
+        "strategy": plan.strategy, "protocol": plan.protocol, "model": plan.model.name, "batch": plan.batch,
+        "cache_experts": plan.cache_experts, "steps": plan.steps, "layers": plan.layers,
+        "requests": int(plan.requests), "unique_requests": unique_requests, "hits": hits,
+        "demand_loads": int((~prefetch).sum()), "loads": n_load, "bytes_h2d": int(n_load) * plan.model.expert_bytes,
+        "prefetch_issued": int(prefetch.sum()), "prefetch_used": int((prefetch & used_loads).sum()),
+        "prefetch_wasted": int((prefetch & ~used_loads).sum()),
+        "hit_rate": hits / unique_requests if unique_requests else float("nan"),
+    }
+
+
+def time_metrics(plan: Plan, tl: Timeline, tokens: int) -> dict:
+    total = tl.total_ms
+    ready = tl.info.get("comp_ready")
+    stall = tl.stall_ms(ready) if ready is not None else float(tl.info.get("stall_ms", float("nan")))
+    return {
+        "executor": tl.executor, "total_ms": total, "latency_ms_per_step": total / plan.steps if plan.steps else 0.0,
+        "stall_ms": stall, "stall_ms_per_step": stall / plan.steps if plan.steps else 0.0,
+        "copy_busy_ms": tl.copy_busy_ms, "compute_busy_ms": tl.compute_busy_ms,
+        "tokens_per_s": tokens / (total / 1e3) if total > 0 else float("inf"),
+    }
+
+
+def run_metrics(plan: Plan, tl: Timeline, tokens: int) -> dict:
+    out = count_metrics(plan)
+    out.update(time_metrics(plan, tl, tokens))
+    return out

@@ -1,0 +1,97 @@
+"""The simulator: times a plan on two resources, one host-to-device link and one compute stream.
+
+It follows the plan's host issue order (see ``plan.py``) in one pass:
+
+- NON-MoE part of layer-step ``g``: starts when the compute stream is free; lasts ``nonmoe_ms(tokens of the step)``.
+- LOAD: starts when the link is free, the NON-MoE part of its gate layer-step has finished, and the COMPUTE that
+  last read its slot has finished; lasts ``copy_ms(expert bytes)``.
+- COMPUTE: starts when the stream is free and every LOAD it reads has finished; lasts the sum over its experts of
+  ``ffn_ms(tokens routed to the expert)``.
+
+Host issue time is not modelled (the engine's host runs ahead of the device; ``gpu_checks`` measures how far).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from artifact.runtime.hardware import HardwareProfile
+from artifact.runtime.plan import Plan
+from artifact.runtime.timeline import Timeline
+from artifact.traces.workload import Workload
+
+
+def simulate(plan: Plan, workload: Workload, hw: HardwareProfile, expert_bytes: int | None = None) -> Timeline:
+    L = plan.layers
+    G = plan.layer_steps
+    nbytes = plan.model.expert_bytes if expert_bytes is None else expert_bytes
+    t_copy = float(hw.copy_ms(nbytes))
+    tps = workload.tokens_per_step
+    t_nonmoe = hw.nonmoe_ms(np.repeat(tps, L)).tolist()  # [G]
+    ffn = hw.ffn_ms(plan.model.name, plan.use_tokens)  # [U]
+    c_off = plan.comp_offsets
+    t_comp = np.add.reduceat(ffn, c_off[:-1]) if ffn.size else np.zeros(plan.num_computes)
+    t_comp = np.where(np.diff(c_off) > 0, t_comp, 0.0).tolist()
+    # The last LOAD each COMPUTE reads (loads finish in issue order on the FIFO link, so the latest index suffices).
+    if plan.use_load.size:
+        need = np.maximum.reduceat(plan.use_load, c_off[:-1]).tolist()
+    else:
+        need = [-1] * plan.num_computes
+    M, N = plan.num_computes, plan.num_loads
+    comp_ls = plan.comp_ls.tolist()
+    gate = plan.load_gate.tolist()
+    wait = plan.load_wait.tolist()
+    before = plan.load_before.tolist()
+    ls_start = [0.0] * G
+    ls_end = [0.0] * G
+    cs = [0.0] * M
+    ce = [0.0] * M
+    ready = [0.0] * M
+    lstart = [0.0] * N
+    lend = [0.0] * N
+    stream = 0.0
+    link = 0.0
+    li = 0
+    next_g = 0
+
+    def run_nonmoe_until(g: int) -> None:
+        nonlocal stream, next_g
+        while next_g <= g:
+            ls_start[next_g] = stream
+            stream += t_nonmoe[next_g]
+            ls_end[next_g] = stream
+            next_g += 1
+
+    def run_loads_before(c: int) -> None:
+        nonlocal link, li
+        while li < N and before[li] <= c:
+            gl = gate[li]
+            s = link
+            if gl >= 0:
+                run_nonmoe_until(gl)
+                if ls_end[gl] > s:
+                    s = ls_end[gl]
+            w = wait[li]
+            if w >= 0 and ce[w] > s:
+                s = ce[w]
+            lstart[li] = s
+            link = s + t_copy
+            lend[li] = link
+            li += 1
+
+    for c in range(M):
+        run_nonmoe_until(comp_ls[c])
+        run_loads_before(c)
+        s = stream
+        ready[c] = s
+        n = need[c]
+        if n >= 0 and lend[n] > s:
+            s = lend[n]
+        cs[c] = s
+        stream = s + t_comp[c]
+        ce[c] = stream
+    run_nonmoe_until(G - 1)
+    run_loads_before(M)
+    return Timeline(np.array(lstart), np.array(lend), np.array(cs), np.array(ce), np.array(ls_start),
+                    np.array(ls_end), "simulator", {"comp_ready": np.array(ready), "hardware": hw.name,
+                                                    "copy_ms": t_copy})

@@ -1,0 +1,147 @@
+"""Workloads: sequences of a trace composed into lockstep decode (or prefill) steps.
+
+Decode with continuous batching: ``batch`` slots each decode one token of their sequence per step; a slot whose
+sequence finished takes the next sequence of the pool at the next step. Every batch size draws the pool in the same
+order, so a smaller batch sees a prefix of the tokens a larger one sees, and a workload run until the pool drains
+(``steps=None``) decodes exactly the same tokens at every batch size. When the pool runs dry, slots go idle; the
+last steps then hold fewer than ``batch`` tokens.
+
+Prefill: each step runs ``batch`` whole sequences at once (many tokens per sequence).
+
+A workload is flat: tokens of step ``s`` are ``step_offsets[s]:step_offsets[s + 1]`` of the ``[T, L, K]`` arrays,
+in slot order, with the slot (``item``), pool sequence (``seq``) and position (``pos``) of each token beside them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from artifact.models import ModelSpec, get_model
+from artifact.traces.trace import Trace
+
+
+@dataclass(frozen=True)
+class Workload:
+    model: ModelSpec
+    batch: int
+    kind: str  # "decode" | "prefill"
+    experts: np.ndarray  # int16 [T, L, K]
+    step_offsets: np.ndarray  # int64 [S + 1]
+    item: np.ndarray  # int32 [T]: batch slot of each token
+    seq: np.ndarray  # int32 [T]: index of the pool sequence
+    pos: np.ndarray  # int32 [T]: position of the token in its sequence
+    lookahead: np.ndarray | None = None  # int16 [T, L, K]
+    gates: np.ndarray | None = None  # float16 [T, L, K]
+    source: str = ""
+
+    @property
+    def steps(self) -> int:
+        return int(self.step_offsets.shape[0] - 1)
+
+    @property
+    def layers(self) -> int:
+        return int(self.experts.shape[1])
+
+    @property
+    def top_k(self) -> int:
+        return int(self.experts.shape[2])
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.experts.shape[0])
+
+    @property
+    def tokens_per_step(self) -> np.ndarray:
+        return np.diff(self.step_offsets)
+
+    def step(self, s: int) -> slice:
+        return slice(int(self.step_offsets[s]), int(self.step_offsets[s + 1]))
+
+    def head(self, steps: int) -> Workload:
+        """The first ``steps`` steps."""
+        steps = min(steps, self.steps)
+        end = int(self.step_offsets[steps])
+        cut = slice(0, end)
+        return Workload(self.model, self.batch, self.kind, self.experts[cut], self.step_offsets[: steps + 1],
+                        self.item[cut], self.seq[cut], self.pos[cut],
+                        None if self.lookahead is None else self.lookahead[cut],
+                        None if self.gates is None else self.gates[cut], self.source)
+
+
+def _resolve_model(trace: Trace, model: ModelSpec | str | None) -> ModelSpec:
+    if model is None:
+        model = trace.meta["model"]
+    spec = get_model(model) if isinstance(model, str) else model
+    if spec.experts != trace.num_experts or spec.top_k != trace.top_k:
+        raise ValueError(f"workload: trace ({trace.meta.get('model')}) has {trace.num_experts} experts "
+                         f"top-{trace.top_k}, model {spec.name} has {spec.experts} top-{spec.top_k}")
+    if spec.moe_layers != trace.layers:
+        # A recorded trace may run fewer MoE layers than the preset frames (e.g. Switch decoder layers only).
+        from dataclasses import replace
+
+        spec = replace(spec, moe_layers=trace.layers)
+    return spec
+
+
+def decode_workload(trace: Trace, batch: int, steps: int | None = None,
+                    model: ModelSpec | str | None = None) -> Workload:
+    """Continuous-batching decode: ``batch`` slots, each taking the pool's sequences in order."""
+    if batch < 1:
+        raise ValueError(f"workload: batch must be >= 1, got {batch}")
+    if steps is not None and steps < 1:
+        raise ValueError(f"workload: steps must be >= 1, got {steps}")
+    spec = _resolve_model(trace, model)
+    lengths = trace.seq_lengths
+    n_seq = lengths.shape[0]
+    # Each slot serves a queue of sequences; a sequence goes to the slot that frees first (ties: lowest slot),
+    # which is what a FIFO admission queue does. The assignment is cheap (one pass over sequences).
+    free_at = np.zeros(batch, dtype=np.int64)
+    starts = np.empty(n_seq, dtype=np.int64)
+    slots = np.empty(n_seq, dtype=np.int64)
+    for i in range(n_seq):
+        j = int(np.argmin(free_at))
+        starts[i] = free_at[j]
+        slots[i] = j
+        free_at[j] += lengths[i]
+    # Token t of sequence i runs at step starts[i] + t in slot slots[i].
+    tok_seq = np.repeat(np.arange(n_seq, dtype=np.int64), lengths)  # [T]
+    tok_pos = np.arange(trace.num_tokens, dtype=np.int64) - trace.seq_offsets[tok_seq]
+    tok_step = starts[tok_seq] + tok_pos
+    tok_slot = slots[tok_seq]
+    keep = np.ones(trace.num_tokens, dtype=bool) if steps is None else tok_step < steps
+    order = np.lexsort((tok_slot[keep], tok_step[keep]))
+    idx = np.nonzero(keep)[0][order]  # token indices of the trace, in (step, slot) order
+    n_steps = int(tok_step[idx].max()) + 1 if idx.size else 0
+    counts = np.bincount(tok_step[idx], minlength=n_steps)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return Workload(spec, batch, "decode", trace.experts[idx], offsets, tok_slot[idx].astype(np.int32),
+                    tok_seq[idx].astype(np.int32), tok_pos[idx].astype(np.int32),
+                    None if trace.lookahead is None else trace.lookahead[idx],
+                    None if trace.gates is None else trace.gates[idx], str(trace.meta.get("source", "")))
+
+
+def prefill_workload(trace: Trace, batch: int, steps: int | None = None,
+                     model: ModelSpec | str | None = None) -> Workload:
+    """Prefill: step ``s`` runs sequences ``s*batch .. s*batch + batch - 1`` whole."""
+    if batch < 1:
+        raise ValueError(f"workload: batch must be >= 1, got {batch}")
+    spec = _resolve_model(trace, model)
+    n_seq = trace.num_sequences
+    n_steps = -(-n_seq // batch)
+    if steps is not None:
+        n_steps = min(n_steps, steps)
+    last_seq = min(n_seq, n_steps * batch)
+    end = int(trace.seq_offsets[last_seq])
+    lengths = trace.seq_lengths[:last_seq]
+    tok_seq = np.repeat(np.arange(last_seq, dtype=np.int64), lengths)
+    tok_pos = np.arange(end, dtype=np.int64) - trace.seq_offsets[tok_seq]
+    step_of_seq = np.arange(last_seq) // batch
+    counts = np.bincount(step_of_seq, weights=lengths, minlength=n_steps).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    cut = slice(0, end)
+    return Workload(spec, batch, "prefill", trace.experts[cut], offsets, (tok_seq % batch).astype(np.int32),
+                    tok_seq.astype(np.int32), tok_pos.astype(np.int32),
+                    None if trace.lookahead is None else trace.lookahead[cut],
+                    None if trace.gates is None else trace.gates[cut], str(trace.meta.get("source", "")))

@@ -1,0 +1,34 @@
+"""nox sessions. ``ARTIFACT_TORCH`` selects the torch requirement (default ``torch==2.13.0``: a CPU build on the
+reference CI machine; set e.g. ``ARTIFACT_TORCH=torch`` on a CUDA machine to take its default build)."""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.sessions = ["tests", "lint"]
+nox.options.reuse_existing_virtualenvs = True
+
+TORCH = os.environ.get("ARTIFACT_TORCH", "torch==2.13.0")
+
+
+def _install(session: nox.Session, extras: str) -> None:
+    if isinstance(session.virtualenv, nox.virtualenv.PassthroughEnv):
+        return  # --no-venv: the environment already has the dependencies
+    session.install(TORCH)
+    session.install("-e", f".[{extras}]")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Unit, property, differential and golden tests (GPU tests skip without CUDA)."""
+    _install(session, "test,record")
+    session.run("python", "-m", "pytest", "-q", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", "artifact", "tests", "benchmarks", "noxfile.py")

@@ -1,0 +1,256 @@
+"""The plan and its invariants: property tests over random small workloads, differential checks of the eviction
+policies against plain reference implementations, and the no-future rule."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from artifact.policies import eviction as ev
+from artifact.policies import predictors as pr
+from artifact.policies.registry import STRATEGIES, StrategySpec
+from artifact.runtime.metrics import count_metrics
+from artifact.runtime.requests import build_requests
+from artifact.runtime.scheduler import FutureAccessError, _schedule, schedule
+from artifact.runtime.simulator import simulate
+from artifact.traces.trace import Trace, make_meta
+from artifact.traces.workload import decode_workload
+from tests.helpers import TEST_HW, random_workload, replay_check, tiny_model
+
+ONLINE = [n for n, s in STRATEGIES.items() if not s.bound]
+ALL_CACHED = [n for n in STRATEGIES if n != "gpu_only"]
+
+
+def _all_plans(w, cache, protocol):
+    req = build_requests(w)
+    plans = {}
+    for name in STRATEGIES:
+        if name == "mixtral_offloading" and cache < w.layers * w.top_k:
+            continue
+        plans[name] = schedule(w, name, cache, protocol, requests=req, plans=plans, hardware=TEST_HW)
+    return plans
+
+
+config = st.fixed_dictionaries({
+    "layers": st.integers(2, 4), "experts": st.integers(4, 12), "top_k": st.integers(1, 2),
+    "batch": st.integers(1, 5), "seed": st.integers(0, 10_000), "cache_frac": st.floats(0.1, 0.95),
+})
+
+
+def _setup(cfg):
+    m = tiny_model(cfg["layers"], cfg["experts"], cfg["top_k"])
+    w = random_workload(m, cfg["batch"], n_seq=5, seed=cfg["seed"], steps=8)
+    n = m.moe_layers * m.experts
+    cache = max(m.top_k, min(n - 1, int(round(cfg["cache_frac"] * n))))
+    return w, cache
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cfg=config, protocol=st.sampled_from(["batched", "per_item"]))
+def test_invariants(cfg, protocol):
+    w, cache = _setup(cfg)
+    plans = _all_plans(w, cache, protocol)
+    metrics = {n: count_metrics(p) for n, p in plans.items()}
+    lat = {n: simulate(p, w, TEST_HW).total_ms for n, p in plans.items()}
+    same_acc = [n for n in plans if not (protocol == "per_item" and STRATEGIES[n].batch_aware)]
+    for name, p in plans.items():
+        replay_check(p)
+        m = metrics[name]
+        # hits + demand loads account for every unique request
+        assert m["hits"] + m["demand_loads"] == m["unique_requests"], name
+        assert m["prefetch_used"] + m["prefetch_wasted"] == m["prefetch_issued"], name
+        # MIN needs the fewest loads of any policy under 'batched'. Under 'per_item' a missing expert costs one load
+        # per item that needs it, a weight MIN ignores, and a batch-level prefetch is fetched once: there the bound
+        # is checked against the other demand-fetch policy only.
+        # A plan that ran a group in chunks (its slots, e.g. a per-layer share, hold fewer experts than the group
+        # needs) serves a different, finer request sequence than MIN's, where all of a group's experts are pinned
+        # together: the bound is over whole groups.
+        demand_only = name == "on_demand"
+        chunked = p.num_computes > plans["gpu_only"].num_computes
+        if name != "gpu_only" and not chunked and (protocol == "batched" or demand_only):
+            assert metrics["belady"]["loads"] <= m["loads"], (name, metrics["belady"]["loads"], m["loads"])
+        if name in same_acc and name != "gpu_only":
+            assert lat["oracle"] <= lat[name] + 1e-9, (name, lat["oracle"], lat[name])
+    assert lat["gpu_only"] <= lat["oracle"] + 1e-9
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cfg=config)
+def test_batched_never_loads_more_than_per_item(cfg):
+    """For demand fetching with LRU, serving the batch together never loads more than serving each item alone.
+
+    Not a theorem for every strategy: with a cache only a few groups large, pinning a whole batch's experts at once
+    can cost more evictions than pinning one item's at a time (found by this test for MIN itself at 8 slots, batch 2,
+    top-2), and a predictor's choices differ between protocols. The grid reports both protocols for every strategy.
+    """
+    w, cache = _setup(cfg)
+    req = build_requests(w)
+    b = count_metrics(schedule(w, "on_demand", cache, "batched", requests=req))
+    p = count_metrics(schedule(w, "on_demand", cache, "per_item", requests=req))
+    assert b["loads"] <= p["loads"]
+    assert b["unique_requests"] <= p["unique_requests"]
+
+
+def test_timeline_respects_dependencies():
+    m = tiny_model(3, 8, 2)
+    w = random_workload(m, 3, n_seq=8, seed=3)
+    for name in ALL_CACHED:
+        plan = schedule(w, name, 10, "per_item", hardware=TEST_HW)
+        tl = simulate(plan, w, TEST_HW)
+        for i in range(plan.num_loads):
+            if plan.load_wait[i] >= 0:
+                assert tl.load_start[i] >= tl.comp_end[plan.load_wait[i]] - 1e-12
+            if plan.load_gate[i] >= 0:
+                assert tl.load_start[i] >= tl.nonmoe_end[plan.load_gate[i]] - 1e-12
+            if i:
+                assert tl.load_start[i] >= tl.load_end[i - 1] - 1e-12  # one FIFO link
+        for c in range(plan.num_computes):
+            loads = plan.use_load[plan.uses(c)]
+            loads = loads[loads >= 0]
+            if loads.size:
+                assert tl.comp_start[c] >= tl.load_end[loads].max() - 1e-12
+            assert tl.comp_start[c] >= tl.nonmoe_end[plan.comp_ls[c]] - 1e-12
+
+
+# --- differential: policies request by request against plain references -------------------------------------------
+
+
+def _sequence_workload(seq_gids, layers, experts):
+    """Batch 1, top-1: one request per layer-step, in the given order of global ids (layer-major cycle)."""
+    steps = len(seq_gids) // layers
+    ex = np.array(seq_gids, np.int64).reshape(steps, layers) % experts
+    tr = Trace(ex[:, :, None].astype(np.int16), np.array([0, steps], np.int64), make_meta("tiny", experts, "test"))
+    return decode_workload(tr, 1, model=tiny_model(layers, experts, 1))
+
+
+def _ref_lru(reqs, C):
+    cache, hits = OrderedDict(), []
+    for r in reqs:
+        if r in cache:
+            cache.move_to_end(r)
+            hits.append(True)
+            continue
+        hits.append(False)
+        if len(cache) >= C:
+            cache.popitem(last=False)
+        cache[r] = True
+    return hits
+
+
+def _ref_lfu(reqs, C):
+    count, last, hits = {}, {}, []
+    for t, r in enumerate(reqs):
+        if r in count:
+            count[r] += 1
+            hits.append(True)
+        else:
+            hits.append(False)
+            if len(count) >= C:
+                victim = min(count, key=lambda x: (count[x], last[x]))
+                del count[victim], last[victim]
+            count[r] = 1
+        last[r] = t
+    return hits
+
+
+def _ref_belady(reqs, C):
+    cache, hits = set(), []
+    for t, r in enumerate(reqs):
+        if r in cache:
+            hits.append(True)
+            continue
+        hits.append(False)
+        if len(cache) >= C:
+            def nxt(x, t=t):
+                for u in range(t + 1, len(reqs)):
+                    if reqs[u] == x:
+                        return u
+                return len(reqs) + 1
+            cache.remove(max(cache, key=nxt))
+        cache.add(r)
+    return hits
+
+
+def _demand_spec(eviction):
+    return StrategySpec("demand_" + eviction.name, "", "", "none", eviction.name,
+                        lambda ctx, **p: pr.OnDemand(ctx, eviction(ctx)),
+                        access="future" if eviction is ev.Belady else "past")
+
+
+@pytest.mark.parametrize("eviction, ref", [(ev.LRU, _ref_lru), (ev.LFU, _ref_lfu), (ev.Belady, _ref_belady)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("cache", [2, 5, 9])
+def test_differential(eviction, ref, seed, cache):
+    layers, experts = 3, 6
+    rng = np.random.default_rng(seed)
+    zipf = 1.0 / np.arange(1, experts + 1) ** 1.1
+    steps = 60
+    ex = rng.choice(experts, size=(steps, layers), p=zipf / zipf.sum())
+    gids = (np.arange(layers)[None, :] * experts + ex).reshape(-1).tolist()
+    w = _sequence_workload(gids, layers, experts)
+    plan = _schedule(w, _demand_spec(eviction), cache, "batched", 0, build_requests(w))
+    assert plan.use_gid.tolist() == gids
+    assert plan.use_hit.tolist() == ref(gids, cache)
+
+
+# --- no strategy sees the future -----------------------------------------------------------------------------------
+
+
+def _prefix(plan, cut_ls):
+    c_end = int(np.searchsorted(plan.comp_ls, cut_ls))
+    n_load = int(np.searchsorted(plan.load_before, c_end))
+    u_end = int(plan.comp_offsets[c_end])
+    return (plan.load_gid[:n_load].tolist(), plan.load_slot[:n_load].tolist(), plan.use_gid[:u_end].tolist(),
+            plan.use_slot[:u_end].tolist(), plan.use_hit[:u_end].tolist())
+
+
+@pytest.mark.parametrize("name", ONLINE)
+@pytest.mark.parametrize("protocol", ["batched", "per_item"])
+def test_no_future(name, protocol):
+    """Changing the routing from step s on leaves every decision made before it unchanged (for the 'path' and
+    'next_layer' arms: before the step that may see it)."""
+    m = tiny_model(3, 8, 2)
+    w = random_workload(m, 3, n_seq=10, seed=5, steps=12)
+    s_cut = 6
+    t_cut = int(w.step_offsets[s_cut])
+    rng = np.random.default_rng(9)
+    ex2 = w.experts.copy()
+    ex2[t_cut:] = np.argsort(rng.random((ex2.shape[0] - t_cut, m.moe_layers, m.experts)), axis=2)[:, :, : m.top_k]
+    la2 = w.lookahead.copy()
+    la2[t_cut:, 1:] = ex2[t_cut:, 1:]
+    w2 = replace(w, experts=ex2, lookahead=la2)
+    p1 = schedule(w, name, 9, protocol)
+    p2 = schedule(w2, name, 9, protocol)
+    cut_ls = s_cut * m.moe_layers - (m.moe_layers if STRATEGIES[name].access != "past" else 0)
+    assert _prefix(p1, cut_ls) == _prefix(p2, cut_ls)
+
+
+def test_context_refuses_future_reads():
+    m = tiny_model(3, 8, 1)
+    w = random_workload(m, 2, seed=1)
+    spec = StrategySpec("peek", "", "", "", "", lambda ctx, **p: _Peek(ctx, ev.LRU(ctx)))
+    with pytest.raises(FutureAccessError, match="routing of layer-step 2 asked for at layer-step 0"):
+        _schedule(w, spec, 4, "batched", 0, build_requests(w))
+
+
+class _Peek(pr.OnDemand):
+    def observe(self, g):
+        self.ctx.routing(g + 2)
+
+
+def test_gpu_only_and_bad_cache():
+    m = tiny_model(3, 8, 2)
+    w = random_workload(m, 2, seed=2)
+    p = schedule(w, "gpu_only", 0)
+    assert p.num_loads == 0 and p.use_hit.all()
+    with pytest.raises(ValueError, match="at least one token's top-2"):
+        schedule(w, "on_demand", 1)
+    with pytest.raises(ValueError, match="exceeds the model's 24 experts"):
+        schedule(w, "on_demand", 25)
+    with pytest.raises(KeyError, match="unknown strategy 'nope'"):
+        schedule(w, "nope", 4)

@@ -12,6 +12,13 @@ from artifact.policies.eviction import LRU
 from artifact.runtime.requests import NEVER
 
 
+def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of each row's ``k`` largest scores ``[T, k]`` (order within the k unspecified)."""
+    if k >= scores.shape[1]:
+        return np.tile(np.arange(scores.shape[1]), (scores.shape[0], 1))
+    return np.argpartition(-scores, k - 1, axis=1)[:, :k]
+
+
 class OnDemand(Strategy):
     """MoE-OnDemand (the baseline of Pre-gated MoE's artifact): fetch an expert when the router picks it, no
     prediction; LRU cache."""
@@ -126,11 +133,10 @@ class MultiLookAhead(Strategy):
             t = self.trans[m - 1]
             rows = t.sum(axis=1, keepdims=True)
             tn = np.divide(t, rows, out=np.zeros_like(t), where=rows > 0)
-            dist = dist @ tn  # [T, E]
+            dist = dist @ tn  # [T, E]: each token's predicted distribution over layer m's experts
             if not dist.any():
                 break
-            k = ctx.K
-            top = np.argsort(-dist, axis=1, kind="stable")[:, :k]
+            top = _top_k(dist, ctx.K)
             top = np.where(np.take_along_axis(dist, top, axis=1) > 0, top, -1)
             gids, _, ic = ranked(top, items, m, ctx.E)
             out_g.append(gids)
@@ -245,38 +251,44 @@ class MoEInfinity(Strategy):
         self.horizon = horizon
         self.decay = decay
         d = ctx.L * ctx.E
-        self.lib = np.zeros((library, d), np.float32)
+        self.lib = np.zeros((library, d), np.float32)  # finished requests' EAMs, L2-normalised
         self.lib_n = 0
-        self.eam: dict[int, np.ndarray] = {}
-        self.match: np.ndarray | None = None  # [T, L, E] matched EAM (normalised per layer) of each step token
+        # Live requests' EAMs: one row per batch slot (a slot serves one request at a time).
+        self.eam = np.zeros((ctx.B, d), np.float32)
+        self.slot_seq = np.full(ctx.B, -1, np.int64)
+        self.match: np.ndarray | None = None  # [T, L, E] matched EAM of each token of the step
         self.items = None
+        self.rows = None
+
+    def _retire(self, slots: np.ndarray) -> None:
+        for j in slots.tolist():
+            v = self.eam[j]
+            n = float(np.linalg.norm(v))
+            if n > 0:
+                self.lib[self.lib_n % self.n_lib] = v / n
+                self.lib_n += 1
+            self.eam[j] = 0.0
 
     def observe(self, g):
         ctx = self.ctx
         s, layer = divmod(g, ctx.L)
-        items, seqs = ctx.step_meta(s)
         if layer == 0:
-            live = set(seqs.tolist())
-            for q in [q for q in self.eam if q not in live]:
-                self.lib[self.lib_n % self.n_lib] = self.eam.pop(q)
-                self.lib_n += 1
-            for q in live:
-                if q not in self.eam:
-                    self.eam[q] = np.zeros(ctx.L * ctx.E, np.float32)
+            items, seqs = ctx.step_meta(s)
+            items = items.astype(np.int64)
+            changed = self.slot_seq[items] != seqs
+            if changed.any():
+                self._retire(items[changed & (self.slot_seq[items] >= 0)])
+                self.slot_seq[items[changed]] = seqs[changed]
             self.items = items
             n = min(self.lib_n, self.n_lib)
             if n:
-                cur = np.stack([self.eam[q] for q in seqs.tolist()])  # [T, L*E]
-                lib = self.lib[:n]
-                ln = lib / np.maximum(np.linalg.norm(lib, axis=1, keepdims=True), 1e-9)
-                cn = cur / np.maximum(np.linalg.norm(cur, axis=1, keepdims=True), 1e-9)
-                best = np.argmax(cn @ ln.T, axis=1)
-                self.match = lib[best].reshape(-1, ctx.L, ctx.E)
+                cur = self.eam[items]  # [T, L*E]
+                best = np.argmax(cur @ self.lib[:n].T, axis=1)  # cosine: library rows are unit, ranking per row
+                self.match = self.lib[best].reshape(-1, ctx.L, ctx.E)
             else:
                 self.match = None
-        r = ctx.routing(g)
-        for t, q in enumerate(seqs.tolist()):
-            self.eam[q][layer * ctx.E + r[t]] += 1.0
+        r = ctx.routing(g)  # [T, K]
+        np.add.at(self.eam, (np.repeat(self.items, r.shape[1]), layer * ctx.E + r.reshape(-1)), 1.0)
 
     def prefetch(self, g):
         ctx = self.ctx
@@ -284,9 +296,10 @@ class MoEInfinity(Strategy):
         if self.match is None or layer + 1 >= ctx.L:
             return None
         out_g, out_p, out_t, out_c = [], [], [], []
+        k = ctx.K
         for m in range(layer + 1, min(layer + 1 + self.horizon, ctx.L)):
             fr = self.match[:, m, :]  # [T, E]
-            top = np.argsort(-fr, axis=1, kind="stable")[:, : ctx.K]
+            top = _top_k(fr, k)
             top = np.where(np.take_along_axis(fr, top, axis=1) > 0, top, -1)
             gids, cnt, ic = ranked(top, self.items, m, ctx.E)
             out_g.append(gids)

@@ -194,3 +194,22 @@ class Belady(EvictionPolicy):
 
     def on_use(self, slots, gids, g) -> None:
         self.key[slots] = -self.next_use_after(gids, g)
+
+
+class AgedBelady(Belady):
+    """Belady's MIN among the experts not read in the last ``window`` layer-steps, falling back to all of them: an
+    oracle construction whose copies, once hoisted, never wait for a compute that has just run."""
+
+    name = "aged_belady"
+
+    def __init__(self, ctx, window: int) -> None:
+        super().__init__(ctx)
+        self.window = window
+
+    def choose(self, cand, n, g):
+        if n <= 0 or cand.shape[0] == 0:
+            return cand[:0]
+        recent = self.ctx.state.slot_read_ls[cand] > g - 1 - self.window
+        key = (recent.astype(np.int64) << 62) + (self.key[cand] + NEVER)
+        order = np.lexsort((cand, key))
+        return cand[order[:n]]

@@ -8,7 +8,8 @@ Per layer-step ``g`` (layer ``l`` of step ``s``), in host issue order:
    strategy's eviction policy among slots not pinned by the group and not holding a prefetch still awaiting its
    use; demand LOADs are issued, then the COMPUTE;
 3. the strategy proposes prefetches (most wanted first); each new one gets a victim (free slots first, then the
-   eviction order among slots that are neither protected nor in use), the strategy may refuse the trade
+   eviction order among slots that are neither protected nor in use, i.e. read by this layer-step's COMPUTEs,
+   which are still running while the copy would start), the strategy may refuse the trade
    (``admit``), and a prefetch LOAD is issued. A prefetched expert is protected from eviction by other prefetches
    until the layer-step it was fetched for has run.
 
@@ -32,6 +33,7 @@ from artifact.runtime.requests import Requests, build_requests
 from artifact.traces.workload import Workload
 
 PROTOCOLS = ("batched", "per_item")
+AGED_MIN_WINDOWS = (1, 2, 4)
 
 
 class FutureAccessError(RuntimeError):
@@ -118,6 +120,7 @@ class CacheState:
         self.slot_gid = np.full(C, -1, np.int64)
         self.where = np.full(n_gid, -1, np.int64)
         self.slot_reader = np.full(C, -1, np.int64)  # last COMPUTE that read the slot
+        self.slot_read_ls = np.full(C, -1, np.int64)  # layer-step of that COMPUTE
         self.slot_load = np.full(C, -1, np.int64)  # LOAD that filled it
         self.slot_protect = np.full(C, -1, np.int64)  # an unused prefetch protected up to this layer-step
         self.slot_fill_ls = np.full(C, -1, np.int64)  # layer-step of the demand load that filled it
@@ -204,6 +207,7 @@ def _schedule(workload: Workload, spec, cache_experts: int, protocol: str, seed:
         ctx.now = g
         layer = g % L
         strat.observe(g)
+        first_compute_of_g = pb.next_compute
         for p in range(groups.ls_off[g], groups.ls_off[g + 1]):
             item = int(groups.grp_item[p])
             a, b = groups.grp_off[p], groups.grp_off[p + 1]
@@ -260,6 +264,7 @@ def _schedule(workload: Workload, spec, cache_experts: int, protocol: str, seed:
                 c = pb.compute(g, item, cg.tolist(), cs.tolist(), st.slot_load[cs].tolist(), cc.tolist(),
                                chit.tolist())
                 st.slot_reader[cs] = c
+                st.slot_read_ls[cs] = g
                 st.slot_protect[cs] = -1
                 st.slot_prefetched[cs] = False
                 ev.on_use(cs, cg, g)
@@ -280,7 +285,9 @@ def _schedule(workload: Workload, spec, cache_experts: int, protocol: str, seed:
             continue
         pg, pt = pg[new], pt[new]
         pcopies = None if pcopies is None else pcopies[new]
-        none_pinned = np.zeros(cache_experts, bool)
+        # In use: the experts the COMPUTEs of this layer-step read are still being read while the prefetch would copy;
+        # never evict them (the copy would have to wait for the compute, and the link would idle meanwhile).
+        in_use = st.slot_reader >= first_compute_of_g
         if ev.allowed(0) is None:
             batches = [(pg, pt, pcopies, 0)]
         else:
@@ -288,7 +295,7 @@ def _schedule(workload: Workload, spec, cache_experts: int, protocol: str, seed:
             batches = [(pg[lay == m], pt[lay == m], None if pcopies is None else pcopies[lay == m], int(m))
                        for m in np.unique(lay)]
         for bg, bt, bc, m in batches:
-            vic = victims(bg.shape[0], none_pinned, m, g, False)
+            vic = victims(bg.shape[0], in_use, m, g, False)
             n = vic.shape[0]
             if n == 0:
                 continue
@@ -327,8 +334,11 @@ def oracle_plan(workload: Workload, cache_experts: int, protocol: str, seed: int
                 plans: dict) -> Plan:
     """The latency floor: the fastest perfect-prefetch plan among
     (1) Belady's MIN loads, each issued as early as its slot allows (fewest bytes; Cao et al.'s "conservative"),
-    (2) aggressive prefetching with MIN replacement (Cao et al., SIGMETRICS 1995), and
-    (3) every registered strategy's own cache decisions, each load issued as early as its slot allows.
+    (2) aggressive prefetching with MIN replacement (Cao et al., SIGMETRICS 1995),
+    (3) MIN that spares the experts read in the last ``w`` layer-steps (``w`` in ``AGED_MIN_WINDOWS``): a few
+        more loads than MIN, but each slot frees ``w`` layer-steps before its copy is needed, so the hoisted
+        copies stream back to back, and
+    (4) every registered strategy's own cache decisions, each load issued as early as its slot allows.
     A plan with perfect knowledge could make any of these decisions, and issuing a load earlier never delays
     anything (every constraint is a max of earlier finish times), so no registered strategy is faster than this
     floor on the profile it is chosen for. It is not the true optimum of integrated prefetching and caching;
@@ -344,6 +354,8 @@ def oracle_plan(workload: Workload, cache_experts: int, protocol: str, seed: int
     cands = {"belady": plans.get("belady") or _schedule(workload, STRATEGIES["belady"], cache_experts, protocol, seed,
                                                         req),
              "aggressive_min": _schedule(workload, AGGRESSIVE_MIN, cache_experts, protocol, seed, req)}
+    for window in AGED_MIN_WINDOWS:
+        cands[f"aged_min_{window}"] = _schedule(workload, aged_min_spec(window), cache_experts, protocol, seed, req)
     for name, sp in STRATEGIES.items():
         if sp.bound or (sp.needs_lookahead and workload.lookahead is None):
             continue
@@ -398,3 +410,13 @@ def _gpu_only_plan(workload: Workload, req: Requests, protocol: str, batch_aware
     return pb.build(model=workload.model, strategy="gpu_only", protocol=protocol, cache_experts=L * E,
                     batch=workload.batch, steps=workload.steps, layers=L, requests=req.requests,
                     resident_at_start=np.arange(L * E, dtype=np.int32), params={"per_item_accounting": per_item})
+
+
+def aged_min_spec(window: int):
+    from artifact.policies import eviction as ev
+    from artifact.policies import predictors as pr
+    from artifact.policies.registry import StrategySpec
+
+    return StrategySpec(f"aged_min_{window}", "MIN sparing recently read experts (oracle construction)", "", "none",
+                        "Belady MIN, aged", lambda ctx, **p: pr.OnDemand(ctx, ev.AgedBelady(ctx, window)),
+                        access="future", bound=True)

@@ -1,0 +1,291 @@
+"""Calibration: measure this machine's copy, expert FFN and NON-MoE times into a :class:`HardwareProfile`.
+
+What is measured, and how (the simulator times plans from exactly these tables):
+
+- **Pinned H2D copies** against size: one pinned host buffer (allocated like the engine's slab, in one piece) and one
+  device buffer; each size is copied ``repeats`` times back to back on a dedicated copy stream, every copy between
+  its own pair of CUDA events; the table holds the median ms. ``extra["copy_gbps"]`` keeps the GB/s per size.
+- **Expert FFN** against tokens (1, 2, 4, ..., 4096) for every model preset, through the engine's own COMPUTE code
+  (:class:`~artifact.runtime.engine.ExpertKernels`: gather + FFN + gate + scatter-add, on the FFN path the engine
+  picks for this device and dtype) with one expert per COMPUTE. ``extra["ffn_group_tables"]`` adds the time per
+  expert when one COMPUTE runs ``group`` experts of ``t`` tokens each: on the grouped path a COMPUTE's fixed cost is
+  shared by its experts, which one-expert timings cannot show.
+- **NON-MoE stand-in** (RMSNorm + ``[d_model x d_model]`` matmul + residual add) against tokens in the step, at the
+  first model's ``d_model``; every model's table is in ``extra["nonmoe_tables"]``.
+
+Device times are GPU times: a spin kernel (``torch.cuda._sleep``) holds the stream while the host queues all
+repeats, so the events time the kernels, not Python's launch rate. The host's own issue time per call is in
+``extra["ffn_issue_us"]`` (what bounds a host-bound engine). On the CPU everything is synchronous and timed with
+``perf_counter``; ``quick=True`` uses few sizes and repeats so a test can run it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+from artifact.models import PRESETS, ModelSpec, get_model
+from artifact.runtime.engine import ExpertKernels, expert_layout, expert_numel, grouped_mm_supported, torch_dtype
+from artifact.runtime.hardware import HardwareProfile, save_profile
+
+MB = 1_000_000
+# Sizes of FACTS.md section 1 plus one bf16 Switch expert (9,437,184 B) and one fp32 (18,874,368 B).
+COPY_SIZES_MB = (1.0, 2.5, 4.0, 9.437184, 18.874368, 64.0, 128.0, 336.0)
+FFN_TOKENS = tuple(2 ** i for i in range(13))  # 1 .. 4096
+QUICK_COPY_SIZES_MB = (1.0, 4.0, 16.0)
+QUICK_TOKENS = (1, 4, 16)
+
+
+class _Timer:
+    """Times ``fn`` ``repeats`` times: CUDA events around each call (GPU time, host queued ahead), or perf_counter."""
+
+    def __init__(self, device: torch.device, stream: torch.cuda.Stream | None = None) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.stream = stream
+
+    def __call__(self, fn: Callable[[], None], repeats: int, warmup: int = 2) -> tuple[float, float]:
+        """(median ms per call, median host issue us per call)."""
+        if not self.cuda:
+            for _ in range(warmup):
+                fn()
+            ts = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                ts.append((time.perf_counter() - t0) * 1e3)
+            med = statistics.median(ts)
+            return med, med * 1e3
+        stream = self.stream or torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(stream):
+            for _ in range(warmup):
+                fn()
+            torch.cuda.synchronize(self.device)
+            t0 = time.perf_counter()
+            fn()
+            issue_s = time.perf_counter() - t0
+            torch.cuda.synchronize(self.device)
+            ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
+            # Hold the stream while the host queues every repeat (~2 GHz: 2e6 cycles per ms), capped at 2 s.
+            hold_ms = min(2000.0, 1.5 * repeats * issue_s * 1e3 + 1.0)
+            torch.cuda._sleep(int(hold_ms * 2e6))
+            t1 = time.perf_counter()
+            for a, b in ev:
+                a.record(stream)
+                fn()
+                b.record(stream)
+            issue_us = (time.perf_counter() - t1) / repeats * 1e6
+            torch.cuda.synchronize(self.device)
+        return statistics.median(a.elapsed_time(b) for a, b in ev), issue_us
+
+
+def _copy_buffers(max_bytes: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    pin = device.type == "cuda"
+    src = torch.empty(max_bytes, dtype=torch.uint8, pin_memory=pin)  # one pinned piece, like the engine's slab
+    src.fill_(1)  # touch every page before timing
+    dst = torch.empty(max_bytes, dtype=torch.uint8, device=device)
+    return src, dst
+
+
+def measure_copy(device: str | torch.device = "cuda", sizes_bytes: Sequence[int] = (), repeats: int = 20,
+                 ) -> list[tuple[int, float]]:
+    """Median ms of one host-to-device copy (pinned source, copy stream) per size in ``sizes_bytes``."""
+    dev = torch.device(device)
+    sizes = [int(s) for s in sizes_bytes]
+    if not sizes:
+        raise ValueError("measure_copy: no sizes given")
+    src, dst = _copy_buffers(max(sizes), dev)
+    stream = torch.cuda.Stream(dev) if dev.type == "cuda" else None
+    timer = _Timer(dev, stream)
+    out = []
+    for n in sizes:
+        s, d = src[:n], dst[:n]
+        ms, _ = timer(lambda s=s, d=d: d.copy_(s, non_blocking=True), repeats)
+        out.append((n, ms))
+    return out
+
+
+def _random_slots(model: ModelSpec, n: int, device: torch.device, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """``[n, numel]`` expert weights drawn on the device (timing only needs realistic magnitudes, not the host slab)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    slots = torch.empty(n, expert_numel(model), device=device, dtype=dtype)
+    for _name, (r, c), off in expert_layout(model):
+        slots[:, off:off + r * c].copy_(torch.randn(n, r * c, generator=gen, device=device) * c ** -0.5)
+    return slots
+
+
+def measure_ffn(model: ModelSpec, device: str | torch.device = "cuda", dtype: str | torch.dtype = "bfloat16",
+                tokens: Sequence[int] = FFN_TOKENS, repeats: int = 20, group: int = 1, ffn: str = "auto",
+                seed: int = 0) -> tuple[list[tuple[int, float]], list[tuple[int, float]], str]:
+    """Time of one COMPUTE of ``group`` experts with ``t`` tokens each, per expert, through the engine's kernels.
+
+    Returns ``(table of (t, ms per expert), table of (t, host issue us per COMPUTE), FFN path used)``.
+    """
+    dev, dt = torch.device(device), torch_dtype(dtype)
+    if ffn == "auto":
+        ok, _ = grouped_mm_supported(dev, dt)
+        ffn = "grouped" if ok and dev.type == "cuda" else "loop"
+    group = max(1, min(group, model.experts))
+    slots = _random_slots(model, group, dev, dt, seed)
+    kernels = ExpertKernels(model, slots, ffn)
+    tmax = max(tokens)
+    gen = torch.Generator(device=dev).manual_seed(seed + 1)
+    x = torch.randn(group * tmax, model.d_model, generator=gen, device=dev).to(dt)  # [R, D]
+    out = torch.zeros(group * tmax, model.d_model, device=dev, dtype=dt)  # [R, D]
+    kernels.ensure_capacity(group * tmax if ffn == "grouped" else tmax)
+    timer = _Timer(dev)
+    table, issue = [], []
+    for t in tokens:
+        n = group * t
+        rows = torch.randperm(group * tmax, generator=gen, device=dev)[:n]  # [n]: a scattered gather, as in a batch
+        gate = torch.full((n, 1), 0.5, device=dev, dtype=dt)  # [n, 1]
+        if ffn == "grouped":
+            offs = torch.arange(1, group + 1, device=dev, dtype=torch.int32) * t  # [group]
+            work = [kernels.chunk_work(rows, gate, 0, group, offs)]
+        else:
+            work = [kernels.use_work(rows[j * t:(j + 1) * t], gate[j * t:(j + 1) * t], j) for j in range(group)]
+        with torch.inference_mode():
+            ms, us = timer(lambda work=work: kernels.run(work, x, out), repeats)
+        table.append((int(t), ms / group))
+        issue.append((int(t), us))
+    return table, issue, ffn
+
+
+def measure_nonmoe(d_model: int, device: str | torch.device = "cuda", dtype: str | torch.dtype = "bfloat16",
+                   tokens: Sequence[int] = FFN_TOKENS, repeats: int = 20, seed: int = 0) -> list[tuple[int, float]]:
+    """Time of the engine's NON-MoE stand-in over ``t`` tokens (``ExpertKernels.nonmoe``)."""
+    dev, dt = torch.device(device), torch_dtype(dtype)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    wn_t = (torch.randn(d_model, d_model, generator=gen, device=dev) * d_model ** -0.5).to(dt).t()  # [D, D]
+    tmax = max(tokens)
+    h_all = torch.randn(tmax, d_model, generator=gen, device=dev).to(dt)  # [T, D]
+    x_all = torch.empty(tmax, d_model, device=dev, dtype=dt)
+    timer = _Timer(dev)
+    table = []
+    for t in tokens:
+        h, x = h_all[:t], x_all[:t]
+        with torch.inference_mode():
+            ms, _ = timer(lambda h=h, x=x: ExpertKernels.nonmoe(h, x, wn_t), repeats)
+        table.append((int(t), ms))
+    return table
+
+
+def _driver_version() -> str:
+    try:
+        res = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=False)
+        return res.stdout.strip().splitlines()[0] if res.returncode == 0 and res.stdout.strip() else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _profile_name(device: torch.device) -> str:
+    if device.type != "cuda":
+        return "cpu"
+    name = torch.cuda.get_device_name(device)
+    for tag in ("H200", "H100", "A100", "L40S", "B200"):
+        if tag in name.upper():
+            return tag.lower()
+    return "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")
+
+
+def calibrate(device: str = "cuda", models: Sequence[str | ModelSpec] | None = None, out: str | None = None,
+              quick: bool = False, name: str | None = None, dtype: str = "bfloat16", repeats: int | None = None,
+              group: int = 8, ffn: str = "auto") -> HardwareProfile:
+    """Measure this machine and return a :class:`HardwareProfile` (written atomically to ``out`` when given).
+
+    ``models`` default to every preset (names or :class:`ModelSpec`); ``quick`` uses a few sizes, tokens and
+    repeats (for tests and smoke runs); ``name`` defaults to the GPU's family (``h200``) or ``cpu``.
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("calibrate: device 'cuda' asked for, but torch.cuda.is_available() is False")
+    specs = [get_model(m) if isinstance(m, str) else m for m in (models if models is not None else PRESETS)]
+    if not specs:
+        raise ValueError("calibrate: no models given")
+    reps = repeats or (3 if quick else 20)
+    sizes_mb = QUICK_COPY_SIZES_MB if quick else COPY_SIZES_MB
+    tokens = QUICK_TOKENS if quick else FFN_TOKENS
+    grp = min(group, 2) if quick else group
+
+    copy_table = measure_copy(dev, [int(mb * MB) for mb in sizes_mb], max(reps, 10))  # copies are cheap
+    ffn_tables, group_tables, issue_tables, nonmoe_tables = {}, {}, {}, {}
+    path = ffn
+    for spec in specs:
+        tab, issue, path = measure_ffn(spec, dev, dtype, tokens, reps, group=1, ffn=ffn)
+        ffn_tables[spec.name] = tuple(tab)
+        issue_tables[spec.name] = [list(p) for p in issue]
+        gtab, _, _ = measure_ffn(spec, dev, dtype, tokens, reps, group=grp, ffn=ffn)
+        group_tables[spec.name] = [list(p) for p in gtab]
+        nonmoe_tables[spec.name] = [list(p) for p in measure_nonmoe(spec.d_model, dev, dtype, tokens, reps)]
+    if dev.type == "cuda":
+        dev_name, driver, cuda_v = torch.cuda.get_device_name(dev), _driver_version(), torch.version.cuda
+    else:
+        dev_name, driver, cuda_v = f"cpu ({platform.processor() or platform.machine()})", "n/a", None
+    now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    first = specs[0]
+    profile = HardwareProfile(
+        name=name or _profile_name(dev),
+        description=f"{dev_name}, calibrated by artifact.runtime.calibrate ({dtype}, {path} FFN path, "
+                    f"median of {reps})",
+        copy_table=tuple(copy_table),
+        ffn_tables=ffn_tables,
+        nonmoe_table=tuple((t, ms) for t, ms in nonmoe_tables[first.name]),
+        source=f"artifact.runtime.calibrate on {now}",
+        extra={
+            "device_name": dev_name,
+            "driver": driver,
+            "torch": torch.__version__,
+            "cuda": cuda_v,
+            "date": now,
+            "host": platform.node(),
+            "dtype": dtype,
+            "ffn_path": path,
+            "repeats": reps,
+            "quick": quick,
+            "copy_gbps": {str(b): (b / (ms * 1e6) if ms > 0 else float("nan")) for b, ms in copy_table},
+            "ffn_group": grp,
+            "ffn_group_tables": group_tables,
+            "ffn_issue_us": issue_tables,
+            "nonmoe_d_model": first.d_model,
+            "nonmoe_tables": nonmoe_tables,
+            "method": "CUDA events per call with the stream held by a spin kernel while the host queues (GPU time); "
+                      "perf_counter on the CPU",
+        },
+    )
+    if out:
+        save_profile(profile, out)
+    return profile
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m artifact.runtime.calibrate", description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--models", nargs="*", default=None, help="preset names (default: all)")
+    ap.add_argument("--out", default=None, help="profile JSON path (written atomically)")
+    ap.add_argument("--name", default=None)
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args(argv)
+    prof = calibrate(args.device, args.models, args.out, args.quick, args.name, args.dtype)
+    print(f"{prof.name}: {prof.description}")
+    print(f"  copy: {prof.copy_bandwidth_gbps:.1f} GB/s fitted, latency {prof.copy_latency_ms * 1e3:.1f} us")
+    for b, gbps in prof.extra["copy_gbps"].items():
+        print(f"    {int(b) / MB:9.3f} MB  {gbps:6.1f} GB/s")
+    for m, tab in prof.ffn_tables.items():
+        print(f"  ffn {m}: " + ", ".join(f"{t}:{ms:.3f}" for t, ms in tab) + " (tokens:ms)")
+    if args.out:
+        print(f"  written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -58,6 +58,27 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from artifact.experiments.runs import engine_one
+
+    ws, w = _workload(args)
+    row, _, _ = engine_one(w, args.strategy, args.cache_experts, args.protocol, args.seed, args.hardware,
+                           device=args.device, repeats=args.repeats, dtype=args.dtype)
+    row = {"workload": ws.label, "device": args.device, **row}
+    _print_row(row, args.json)
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from artifact.runtime.calibrate import calibrate
+
+    prof = calibrate(args.device, args.models or None, args.output, quick=args.quick, name=args.name,
+                     dtype=args.dtype)
+    print(f"{prof.name}: {prof.description}; copy {prof.copy_bandwidth_gbps:.1f} GB/s fitted, latency "
+          f"{prof.copy_latency_ms * 1e3:.1f} us; written to {args.output}", file=sys.stderr)
+    return 0
+
+
 def cmd_list(args) -> int:
     from artifact.policies.registry import STRATEGIES
 
@@ -132,6 +153,25 @@ def build_parser() -> argparse.ArgumentParser:
     _fmt(s)
     _add_workload_args(s)
     s.set_defaults(func=cmd_simulate)
+
+    rn = sub.add_parser("run", help="plan a workload with one strategy and execute it on the offloading engine")
+    _fmt(rn)
+    _add_workload_args(rn)
+    rn.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="where the engine runs")
+    rn.add_argument("--repeats", type=int, default=3, help="timed repeats (after one warm-up)")
+    rn.add_argument("--dtype", choices=("bfloat16", "float32"), default=None,
+                    help="expert weight dtype (default: the model preset's)")
+    rn.set_defaults(func=cmd_run)
+
+    cal = sub.add_parser("calibrate", help="measure copy, expert FFN and non-MoE times into a hardware profile")
+    _fmt(cal)
+    cal.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="device to measure")
+    cal.add_argument("--models", nargs="*", default=None, help="model presets (default: all)")
+    cal.add_argument("--name", default=None, help="profile name (default: the GPU family, e.g. h200)")
+    cal.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="weight dtype")
+    cal.add_argument("--quick", action="store_true", help="few sizes and repeats (smoke test)")
+    cal.add_argument("-o", "--output", required=True, help="profile JSON path, e.g. results/hardware/h200.json")
+    cal.set_defaults(func=cmd_calibrate)
 
     ls = sub.add_parser("list", help="list every strategy and the source it follows")
     _fmt(ls)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from artifact.models import ModelSpec, get_model
 from artifact.runtime.hardware import HardwareProfile, load_profile
 from artifact.runtime.metrics import run_metrics
@@ -60,6 +62,39 @@ def simulate_one(w: Workload, strategy: str, cache_experts: int, protocol: str =
     if "oracle_source" in plan.params:
         row["oracle_source"] = plan.params["oracle_source"]
     return row, plan
+
+
+def engine_one(w: Workload, strategy: str, cache_experts: int, protocol: str = "batched", seed: int = 0,
+               hardware: HardwareProfile | str = "h200", device: str = "cuda", repeats: int = 3, warmup: int = 1,
+               dtype: str | None = None, engine=None, requests: Requests | None = None,
+               plans: dict | None = None) -> tuple[dict, object, object]:
+    """Plan (exactly as ``simulate_one``) and execute on the engine; returns (metrics row, plan, timeline).
+
+    The row carries the measured times; ``sim_latency_ms_per_step`` is the simulator's figure for the same plan.
+    """
+    from artifact.runtime.engine import OffloadEngine
+
+    hw = load_profile(hardware) if isinstance(hardware, str) else hardware
+    req = requests if requests is not None else build_requests(w)
+    plan = schedule(w, strategy, cache_experts, protocol, seed=seed, requests=req, hardware=hw, plans=plans)
+    need = plan.cache_experts
+    eng = engine if engine is not None and engine.cache_experts >= need else OffloadEngine(
+        w.model, need, device=device, dtype=dtype, seed=seed)
+    _, tl = eng.run(plan, w, repeats=repeats, warmup=warmup)
+    row = run_metrics(plan, tl, w.num_tokens)
+    sim = simulate(plan, w, hw)
+    row["sim_latency_ms_per_step"] = sim.total_ms / plan.steps
+    row["hardware"] = hw.name
+    for key in ("wall_ms", "peak_device_bytes", "repeats", "ffn_path", "issue_ms"):
+        if key in tl.info:
+            v = tl.info[key]
+            row[f"engine_{key}"] = float(v) if isinstance(v, (int, float)) else v
+    if "wall_ms_repeats" in tl.info:
+        reps = [float(x) for x in tl.info["wall_ms_repeats"]]
+        row["wall_ms_per_step_median"] = float(np.median(reps)) / plan.steps
+        row["wall_ms_per_step_min"] = float(np.min(reps)) / plan.steps
+        row["wall_ms_per_step_max"] = float(np.max(reps)) / plan.steps
+    return row, plan, tl
 
 
 def model_spec(name: str) -> ModelSpec:

@@ -12,6 +12,8 @@ What is measured, and how (the simulator times plans from exactly these tables):
   shared by its experts, which one-expert timings cannot show.
 - **NON-MoE stand-in** (RMSNorm + ``[d_model x d_model]`` matmul + residual add) against tokens in the step, at the
   first model's ``d_model``; every model's table is in ``extra["nonmoe_tables"]``.
+- **COMPUTE grid** (``compute_tables``, what the simulator times COMPUTEs with): one COMPUTE of ``n`` experts with
+  ``t`` tokens each, for ``n`` in ``GRID_EXPERTS`` (up to the model's experts) and ``t`` in ``GRID_TOKENS``.
 
 Device times are GPU times: a spin kernel (``torch.cuda._sleep``) holds the stream while the host queues all
 repeats, so the events time the kernels, not Python's launch rate. The host's own issue time per call is in
@@ -40,6 +42,11 @@ COPY_SIZES_MB = (1.0, 2.5, 4.0, 9.437184, 18.874368, 64.0, 128.0, 336.0)
 FFN_TOKENS = tuple(2 ** i for i in range(13))  # 1 .. 4096
 QUICK_COPY_SIZES_MB = (1.0, 4.0, 16.0)
 QUICK_TOKENS = (1, 4, 16)
+# The COMPUTE grid: experts in one COMPUTE x tokens per expert (decode batches of 1-64 and prefill chunks).
+GRID_EXPERTS = (1, 2, 4, 8, 16, 32, 64)
+GRID_TOKENS = (1, 2, 4, 8, 16, 32, 64, 256, 1024)
+QUICK_GRID_EXPERTS = (1, 2)
+QUICK_GRID_TOKENS = (1, 4)
 
 
 class _Timer:
@@ -215,7 +222,7 @@ def calibrate(device: str = "cuda", models: Sequence[str | ModelSpec] | None = N
     grp = min(group, 2) if quick else group
 
     copy_table = measure_copy(dev, [int(mb * MB) for mb in sizes_mb], max(reps, 10))  # copies are cheap
-    ffn_tables, group_tables, issue_tables, nonmoe_tables = {}, {}, {}, {}
+    ffn_tables, group_tables, issue_tables, nonmoe_tables, compute_tables = {}, {}, {}, {}, {}
     path = ffn
     for spec in specs:
         tab, issue, path = measure_ffn(spec, dev, dtype, tokens, reps, group=1, ffn=ffn)
@@ -224,6 +231,13 @@ def calibrate(device: str = "cuda", models: Sequence[str | ModelSpec] | None = N
         gtab, _, _ = measure_ffn(spec, dev, dtype, tokens, reps, group=grp, ffn=ffn)
         group_tables[spec.name] = [list(p) for p in gtab]
         nonmoe_tables[spec.name] = [list(p) for p in measure_nonmoe(spec.d_model, dev, dtype, tokens, reps)]
+        g_exp = [n for n in (QUICK_GRID_EXPERTS if quick else GRID_EXPERTS) if n <= spec.experts]
+        g_tok = list(QUICK_GRID_TOKENS if quick else GRID_TOKENS)
+        rows = []
+        for n in g_exp:
+            tab_n, _, _ = measure_ffn(spec, dev, dtype, g_tok, reps, group=n, ffn=ffn)
+            rows.append([ms * n for _, ms in tab_n])  # ms per expert -> ms per COMPUTE
+        compute_tables[spec.name] = {"experts": g_exp, "tokens": g_tok, "ms": rows}
     if dev.type == "cuda":
         dev_name, driver, cuda_v = torch.cuda.get_device_name(dev), _driver_version(), torch.version.cuda
     else:
@@ -238,6 +252,7 @@ def calibrate(device: str = "cuda", models: Sequence[str | ModelSpec] | None = N
         ffn_tables=ffn_tables,
         nonmoe_table=tuple((t, ms) for t, ms in nonmoe_tables[first.name]),
         source=f"artifact.runtime.calibrate on {now}",
+        compute_tables=compute_tables,
         extra={
             "device_name": dev_name,
             "driver": driver,

@@ -3,8 +3,11 @@
 A profile gives
 - the time of one host-to-device copy of ``n`` bytes from pinned memory: ``latency + n / bandwidth``, fitted by
   least squares to a measured (bytes, ms) table;
-- the time of one expert FFN over ``t`` tokens, per model preset: piecewise-linear in ``t`` over a measured table
-  (flat below its first point, linear extrapolation past its last);
+- the time of one COMPUTE (the expert FFNs of one layer-step, or of one item or chunk of it) per model preset: from
+  a measured grid over (experts in the COMPUTE, tokens per expert) when the profile has one (``compute_tables``:
+  the engine runs all experts of a COMPUTE in one grouped kernel, so its cost is not a sum of per-expert costs),
+  bilinear in log2 of both; else the sum over its experts of a per-expert table (``ffn_tables``), piecewise-linear
+  in tokens (flat below its first point, linear extrapolation past its last);
 - the time of the NON-MoE part of a layer (attention, norms, router) as a function of tokens in the step.
 
 Profiles are JSON files; ``load_profile(name)`` looks in ``results/hardware/NAME.json`` (the calibrated ones the
@@ -34,6 +37,8 @@ class HardwareProfile:
     nonmoe_table: tuple[tuple[int, float], ...]  # (tokens in step, ms) of the non-MoE part of one layer
     source: str = ""
     extra: dict = field(default_factory=dict)
+    # model -> {"experts": [n...], "tokens": [t...], "ms": [[ms of one COMPUTE of n experts x t tokens]]}
+    compute_tables: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.copy_table) < 2:
@@ -60,7 +65,49 @@ class HardwareProfile:
                            f"(has {sorted(self.ffn_tables)}); run `python -m artifact calibrate`")
         return _interp(self.ffn_tables[model], tokens)
 
-    def nonmoe_ms(self, tokens: int | np.ndarray) -> np.ndarray:
+    def compute_ms(self, model: str, n_experts: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """Time of COMPUTEs of ``n_experts`` experts with ``tokens`` tokens in all (arrays of equal length)."""
+        n = np.maximum(np.asarray(n_experts, float), 1.0)
+        tok = np.maximum(np.asarray(tokens, float), 1.0)
+        tab = self.compute_tables.get(model)
+        if tab is None:
+            return n * self.ffn_ms(model, tok / n)
+        xs = np.log2(np.asarray(tab["experts"], float))
+        ys = np.log2(np.asarray(tab["tokens"], float))
+        z = np.asarray(tab["ms"], float)  # [len(experts), len(tokens)]
+        # Beyond the grid: more experts than measured scale linearly from the largest group; more tokens per expert
+        # scale linearly in tokens from the largest measured count.
+        n_top = 2.0 ** xs[-1]
+        scale = np.where(n > n_top, n / n_top, 1.0)
+        n_in = np.minimum(n, n_top)
+        per = tok / n
+        t_top = 2.0 ** ys[-1]
+        tscale = np.where(per > t_top, per / t_top, 1.0)
+        per_in = np.minimum(per, t_top)
+        x = np.clip(np.log2(n_in), xs[0], xs[-1])
+        y = np.clip(np.log2(per_in), ys[0], ys[-1])
+        i = np.clip(np.searchsorted(xs, x, side="right") - 1, 0, max(len(xs) - 2, 0))
+        j = np.clip(np.searchsorted(ys, y, side="right") - 1, 0, max(len(ys) - 2, 0))
+        if len(xs) == 1:
+            fx = np.zeros_like(x)
+            i1 = i
+        else:
+            fx = (x - xs[i]) / (xs[i + 1] - xs[i])
+            i1 = i + 1
+        if len(ys) == 1:
+            fy = np.zeros_like(y)
+            j1 = j
+        else:
+            fy = (y - ys[j]) / (ys[j + 1] - ys[j])
+            j1 = j + 1
+        v = (z[i, j] * (1 - fx) * (1 - fy) + z[i1, j] * fx * (1 - fy) + z[i, j1] * (1 - fx) * fy + z[i1, j1] * fx * fy)
+        return v * scale * tscale
+
+    def nonmoe_ms(self, tokens: int | np.ndarray, model: str | None = None) -> np.ndarray:
+        """NON-MoE time of one layer over ``tokens``; per model when calibrated per model (it depends on d_model)."""
+        per_model = self.extra.get("nonmoe_tables", {}) if isinstance(self.extra, dict) else {}
+        if model is not None and model in per_model:
+            return _interp(per_model[model], tokens)
         return _interp(self.nonmoe_table, tokens)
 
     def to_json(self) -> dict:
@@ -77,9 +124,21 @@ class HardwareProfile:
                        copy_table=tuple((int(b), float(t)) for b, t in d["copy_table"]),
                        ffn_tables={k: tuple((int(n), float(t)) for n, t in v) for k, v in d["ffn_tables"].items()},
                        nonmoe_table=tuple((int(n), float(t)) for n, t in d["nonmoe_table"]),
-                       source=d.get("source", ""), extra=d.get("extra", {}))
+                       source=d.get("source", ""), extra=d.get("extra", {}),
+                       compute_tables=_check_compute_tables(d.get("compute_tables", {}), origin))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"hardware profile {origin}: bad or missing field ({type(exc).__name__}: {exc})") from None
+
+
+def _check_compute_tables(tabs: dict, origin: str) -> dict:
+    for model, tab in tabs.items():
+        ms = np.asarray(tab["ms"], float)
+        if ms.shape != (len(tab["experts"]), len(tab["tokens"])):
+            raise ValueError(f"hardware profile {origin}: compute_tables.{model}.ms has shape {list(ms.shape)}, "
+                             f"expected [{len(tab['experts'])}, {len(tab['tokens'])}]")
+        if not np.all(np.diff(tab["experts"]) > 0) or not np.all(np.diff(tab["tokens"]) > 0):
+            raise ValueError(f"hardware profile {origin}: compute_tables.{model}: experts and tokens must increase")
+    return tabs
 
 
 def _interp(table, x) -> np.ndarray:

@@ -5,8 +5,8 @@ It follows the plan's host issue order (see ``plan.py``) in one pass:
 - NON-MoE part of layer-step ``g``: starts when the compute stream is free; lasts ``nonmoe_ms(tokens of the step)``.
 - LOAD: starts when the link is free, the NON-MoE part of its gate layer-step has finished, and the COMPUTE that
   last read its slot has finished; lasts ``copy_ms(expert bytes)``.
-- COMPUTE: starts when the stream is free and every LOAD it reads has finished; lasts the sum over its experts of
-  ``ffn_ms(tokens routed to the expert)``.
+- COMPUTE: starts when the stream is free and every LOAD it reads has finished; lasts
+  ``compute_ms(experts it runs, tokens it runs)``.
 
 Host issue time is not modelled (the engine's host runs ahead of the device; ``gpu_checks`` measures how far).
 """
@@ -27,11 +27,14 @@ def simulate(plan: Plan, workload: Workload, hw: HardwareProfile, expert_bytes: 
     nbytes = plan.model.expert_bytes if expert_bytes is None else expert_bytes
     t_copy = float(hw.copy_ms(nbytes))
     tps = workload.tokens_per_step
-    t_nonmoe = hw.nonmoe_ms(np.repeat(tps, L)).tolist()  # [G]
-    ffn = hw.ffn_ms(plan.model.name, plan.use_tokens)  # [U]
+    t_nonmoe = hw.nonmoe_ms(np.repeat(tps, L), plan.model.name).tolist()  # [G]
     c_off = plan.comp_offsets
-    t_comp = np.add.reduceat(ffn, c_off[:-1]) if ffn.size else np.zeros(plan.num_computes)
-    t_comp = np.where(np.diff(c_off) > 0, t_comp, 0.0).tolist()
+    n_exp = np.diff(c_off)
+    if plan.use_tokens.size:
+        tok = np.add.reduceat(plan.use_tokens.astype(float), c_off[:-1])
+        t_comp = np.where(n_exp > 0, hw.compute_ms(plan.model.name, n_exp, tok), 0.0).tolist()
+    else:
+        t_comp = [0.0] * plan.num_computes
     # The last LOAD each COMPUTE reads (loads finish in issue order on the FIFO link, so the latest index suffices).
     if plan.use_load.size:
         need = np.maximum.reduceat(plan.use_load, c_off[:-1]).tolist()

@@ -1,0 +1,121 @@
+"""The experiment grids of the design (E1 to E7), declared as data.
+
+- ``sim`` (E1, E2, E3, E4, E6): switch-base-128 on the calibrated synthetic workload, every strategy, batch 1 to 64,
+  four cache sizes, three seeds, 256 decode steps, protocol ``batched``; plus ``per_item`` at the default cache
+  size (the seed report's accounting). Simulator.
+- ``engine`` (E5): the same plans executed on the GPU engine (every strategy, batch 1 to 64, the default cache,
+  seed 0), fewer steps, three timed repeats after a warm-up; each row carries the simulator's figure beside.
+- ``models`` (E7): the other presets, every strategy, batch 1 / 8 / 64, a cache of 1/8 of their experts. Simulator.
+- ``cpu_engine``: without CUDA, a small engine check on the CPU (a scaled-down Switch expert shape, the same
+  routing), so a CPU-only reproduction still executes real plans.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from artifact.experiments.runs import DEFAULT_SEQUENCES, DEFAULT_TOKENS, WorkloadSpec
+from artifact.models import PRESETS, ModelSpec
+from artifact.policies.registry import STRATEGIES
+
+BATCHES = (1, 2, 4, 8, 16, 32, 64)
+SEEDS = (0, 1, 2)
+DEFAULT_MODEL = "switch-base-128"
+DEFAULT_CACHE = 128  # 8.3% of switch-base-128's 1,536 routed experts: 1.2 GB of bf16 experts
+CACHES = (64, 128, 256, 512)  # 4.2% .. 33% of the experts
+SIM_STEPS = 256
+ENGINE_STEPS = 32
+ENGINE_REPEATS = 3
+MODELS_BATCHES = (1, 8, 64)
+MODELS_STEPS = 128
+
+# The CPU engine check runs the Switch routing through experts of this (scaled-down) shape.
+SWITCH_MINI = ModelSpec("switch-mini", 12, 128, 1, 64, 256, "relu", "float32")
+
+
+@dataclass(frozen=True)
+class Point:
+    grid: str
+    model: str
+    workload: WorkloadSpec
+    batch: int
+    cache_experts: int
+    protocol: str
+    strategy: str
+    steps: int
+    executor: str = "simulator"
+    repeats: int = 1
+    engine_model: ModelSpec | None = field(default=None, compare=False)
+
+    @property
+    def point_id(self) -> str:
+        return (f"{self.model}|{self.workload.label}|B{self.batch}|C{self.cache_experts}|{self.protocol}|"
+                f"{self.strategy}|S{self.steps}|{self.executor}")
+
+    @property
+    def task_key(self) -> tuple:
+        """Points sharing a task share one workload, its request tables and the plans the oracle reuses."""
+        return (self.model, self.workload, self.batch, self.cache_experts, self.protocol, self.steps, self.executor)
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    experiments: tuple[str, ...]
+    points: tuple[Point, ...]
+    description: str = ""
+
+
+def _strategies(skip: tuple[str, ...] = ()) -> list[str]:
+    # Every registered strategy; the oracle last, so it reuses every other plan of its task.
+    names = [n for n in STRATEGIES if n not in skip and n != "oracle"]
+    return names + (["oracle"] if "oracle" not in skip else [])
+
+
+def sim_grid(quick: bool = False) -> Grid:
+    seeds = SEEDS[:1] if quick else SEEDS
+    caches = (DEFAULT_CACHE,) if quick else CACHES
+    batches = (1, 8, 64) if quick else BATCHES
+    steps = 64 if quick else SIM_STEPS
+    pts = []
+    for seed in seeds:
+        ws = WorkloadSpec(DEFAULT_MODEL, None, DEFAULT_SEQUENCES, DEFAULT_TOKENS, seed)
+        for cache in caches:
+            for b in batches:
+                protocols = ("batched", "per_item") if cache == DEFAULT_CACHE else ("batched",)
+                for proto in protocols:
+                    for s in _strategies():
+                        pts.append(Point("sim", DEFAULT_MODEL, ws, b, cache, proto, s, steps))
+    return Grid("sim", ("E1", "E2", "E3", "E4", "E6"), tuple(pts),
+                "switch-base-128, synthetic workload, simulator")
+
+
+def engine_grid(quick: bool = False, steps: int = ENGINE_STEPS, repeats: int = ENGINE_REPEATS) -> Grid:
+    ws = WorkloadSpec(DEFAULT_MODEL, None, DEFAULT_SEQUENCES, DEFAULT_TOKENS, 0)
+    batches = (1, 8, 64) if quick else BATCHES
+    pts = [Point("engine", DEFAULT_MODEL, ws, b, DEFAULT_CACHE, "batched", s, steps, "engine", repeats)
+           for b in batches for s in _strategies()]
+    return Grid("engine", ("E5",), tuple(pts), "switch-base-128, synthetic workload, GPU engine vs simulator")
+
+
+def models_grid(quick: bool = False) -> Grid:
+    pts = []
+    for name, spec in PRESETS.items():
+        if name == DEFAULT_MODEL:
+            continue
+        ws = WorkloadSpec(name, None, DEFAULT_SEQUENCES, DEFAULT_TOKENS, 0)
+        cache = max(spec.top_k * 8, spec.total_experts // 8)
+        for b in (MODELS_BATCHES[:2] if quick else MODELS_BATCHES):
+            for s in _strategies():
+                pts.append(Point("models", name, ws, b, cache, "batched", s, 32 if quick else MODELS_STEPS))
+    return Grid("models", ("E7",), tuple(pts), "other model presets, synthetic workloads, simulator")
+
+
+def cpu_engine_grid() -> Grid:
+    ws = WorkloadSpec(DEFAULT_MODEL, None, DEFAULT_SEQUENCES, DEFAULT_TOKENS, 0)
+    pts = [Point("cpu_engine", DEFAULT_MODEL, ws, b, DEFAULT_CACHE, "batched", s, 4, "engine", 1, SWITCH_MINI)
+           for b in (1, 8) for s in _strategies()]
+    return Grid("cpu_engine", ("E5",), tuple(pts), "CPU engine check (scaled-down expert shape)")
+
+
+GRIDS = {"sim": sim_grid, "engine": engine_grid, "models": models_grid, "cpu_engine": cpu_engine_grid}

@@ -79,6 +79,30 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_grid(args) -> int:
+    from artifact.experiments import grids
+    from artifact.experiments.runner import run_grid
+
+    path = run_grid(grids.GRIDS[args.name](args.quick), args.out, args.hardware, jobs=args.jobs, device=args.device)
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from artifact.report.build import build_report
+
+    print(f"wrote {build_report(args.results)}", file=sys.stderr)
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from artifact.experiments.reproduce import reproduce
+
+    reproduce(args.out, quick=args.quick, device=args.device, jobs=args.jobs, hardware=args.hardware,
+              recalibrate=args.recalibrate)
+    return 0
+
+
 def cmd_list(args) -> int:
     from artifact.policies.registry import STRATEGIES
 
@@ -172,6 +196,32 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--quick", action="store_true", help="few sizes and repeats (smoke test)")
     cal.add_argument("-o", "--output", required=True, help="profile JSON path, e.g. results/hardware/h200.json")
     cal.set_defaults(func=cmd_calibrate)
+
+    gr = sub.add_parser("grid", help="run (or resume) one experiment grid into OUT/<grid>.csv")
+    _fmt(gr)
+    gr.add_argument("name", choices=("sim", "engine", "models", "cpu_engine"), help="grid")
+    gr.add_argument("--out", default="out/raw", help="folder of the CSV files")
+    gr.add_argument("--hardware", default="h200", help="hardware profile for the simulator")
+    gr.add_argument("--quick", action="store_true", help="a small version of the grid")
+    gr.add_argument("--jobs", type=int, default=None, help="simulator processes (default: CPU count)")
+    gr.add_argument("--device", choices=("cuda", "cpu"), default=None, help="engine device (default: cuda if any)")
+    gr.set_defaults(func=cmd_grid)
+
+    rp = sub.add_parser("report", help="rebuild REPORT.md and the figures from RESULTS/raw/*.csv alone")
+    _fmt(rp)
+    rp.add_argument("--results", default="results", help="results folder (raw/, hardware/)")
+    rp.set_defaults(func=cmd_report)
+
+    rr = sub.add_parser("reproduce", help="the main job: calibrate (GPU), run every grid, build the report")
+    _fmt(rr)
+    rr.add_argument("--out", default="out/reproduce", help="output folder (raw/, hardware/, figures/, REPORT.md)")
+    rr.add_argument("--quick", action="store_true", help="small grids (smoke test)")
+    rr.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda if available")
+    rr.add_argument("--jobs", type=int, default=None, help="simulator processes (default: CPU count)")
+    rr.add_argument("--hardware", default=None,
+                    help="profile name (GPU: the name to calibrate into; CPU: committed profile, default h200)")
+    rr.add_argument("--recalibrate", action="store_true", help="measure the GPU again even if a profile exists")
+    rr.set_defaults(func=cmd_reproduce)
 
     ls = sub.add_parser("list", help="list every strategy and the source it follows")
     _fmt(ls)

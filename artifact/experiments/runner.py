@@ -16,7 +16,6 @@ import math
 import os
 import subprocess
 import sys
-import tempfile
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from artifact import __version__
+from artifact.atomicfile import atomic_write_text
 from artifact.experiments.grids import Grid, Point
 from artifact.experiments.runs import load_trace, make_workload, simulate_one
 from artifact.experiments.schema import FIELDS
@@ -79,22 +79,12 @@ def read_rows(path: Path) -> list[dict]:
 
 def write_rows(path: Path, rows: list[dict]) -> None:
     """Atomically replace ``path`` with ``rows`` (temp file in the same folder, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in rows:
         w.writerow({k: _fmt(r.get(k, "")) for k in FIELDS})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(buf.getvalue())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, buf.getvalue())
 
 
 def _fmt(v) -> str:

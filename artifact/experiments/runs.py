@@ -67,7 +67,8 @@ def simulate_one(w: Workload, strategy: str, cache_experts: int, protocol: str =
 def engine_one(w: Workload, strategy: str, cache_experts: int, protocol: str = "batched", seed: int = 0,
                hardware: HardwareProfile | str = "h200", device: str = "cuda", repeats: int = 3, warmup: int = 1,
                dtype: str | None = None, engine=None, requests: Requests | None = None,
-               plans: dict | None = None, engine_model: ModelSpec | None = None) -> tuple[dict, object, object]:
+               plans: dict | None = None, engine_model: ModelSpec | None = None,
+               timeline: bool = False) -> tuple[dict, object, object]:
     """Plan (exactly as ``simulate_one``) and execute on the engine; returns (metrics row, plan as scheduled,
     timeline).
 
@@ -89,7 +90,8 @@ def engine_one(w: Workload, strategy: str, cache_experts: int, protocol: str = "
     need = plan.cache_experts
     eng = engine if engine is not None and engine.cache_experts >= need else OffloadEngine(
         w.model, need, device=device, dtype=dtype, seed=seed)
-    _, tl = eng.run(plan, w_exec, repeats=repeats, warmup=warmup)
+    # Lean runs (only the events dependencies need): per-op timeline events would add host time to what is timed.
+    _, tl = eng.run(plan, w_exec, repeats=repeats, warmup=warmup, timeline=timeline)
     row = run_metrics(plan, tl, w.num_tokens)
     try:
         row["sim_latency_ms_per_step"] = simulate(plan, w_exec, hw).total_ms / plan.steps

@@ -12,6 +12,8 @@ What is measured, and how (the simulator times plans from exactly these tables):
   shared by its experts, which one-expert timings cannot show.
 - **NON-MoE stand-in** (RMSNorm + ``[d_model x d_model]`` matmul + residual add) against tokens in the step, at the
   first model's ``d_model``; every model's table is in ``extra["nonmoe_tables"]``.
+- **Host issue costs** (``host_issue_us``): microseconds of host time per NON-MoE op, LOAD, COMPUTE and expert in
+  a COMPUTE, fitted to lean engine runs (``measure_host_issue``).
 - **COMPUTE grid** (``compute_tables``, what the simulator times COMPUTEs with): one COMPUTE of ``n`` experts with
   ``t`` tokens each, for ``n`` in ``GRID_EXPERTS`` (up to the model's experts) and ``t`` in ``GRID_TOKENS``.
 
@@ -183,6 +185,48 @@ def measure_nonmoe(d_model: int, device: str | torch.device = "cuda", dtype: str
     return table
 
 
+def measure_host_issue(model: ModelSpec, device: str | torch.device = "cuda", dtype: str = "bfloat16",
+                       repeats: int = 5, layers: int = 4, steps: int = 16, quick: bool = False) -> dict:
+    """Host time the engine spends issuing each kind of operation (lean runs: no timeline events).
+
+    Runs the engine on plans with and without copies at batch 1, 8 and 64 (a ``layers``-layer slice of the model's
+    expert shape, random skewed routing), reads the host issue time of each run and fits, by least squares,
+    ``issue = a * NON-MoE ops + b * LOADs + c * COMPUTEs + d * experts in COMPUTEs`` (microseconds per op).
+    When the device is faster than this, the engine is host-bound; the simulator adds these costs as a third
+    resource (the issuing thread).
+    """
+    from dataclasses import replace as _replace
+
+    import numpy as np
+
+    from artifact.runtime.engine import ExpertWeights, OffloadEngine
+    from artifact.runtime.gpu_checks import gpu_only_plan, lru_on_demand_plan, synthetic_workload
+
+    dev = torch.device(device)
+    spec = _replace(model, name=f"{model.name}-slice", moe_layers=min(layers, model.moe_layers))
+    weights = ExpertWeights.random(spec, dtype=dtype, seed=0)
+    eng = OffloadEngine(spec, spec.total_experts, weights=weights, device=dev)
+    rows, ys = [], []
+    batches = (1, 8) if quick else (1, 8, 64)
+    for b in batches:
+        wl = synthetic_workload(spec, b, 4 if quick else steps, seed=b)
+        cache = max(spec.top_k * 2, min(spec.total_experts // 2, 32))
+        # per_item gpu_only runs one COMPUTE per item: separates the per-COMPUTE cost from the per-layer-step one.
+        for plan in (gpu_only_plan(wl), gpu_only_plan(wl, "per_item"), lru_on_demand_plan(wl, cache)):
+            _, tl = eng.run(plan, wl, repeats=repeats, warmup=1, timeline=False)
+            rows.append([plan.layer_steps, plan.num_loads, plan.num_computes, plan.use_gid.shape[0]])
+            ys.append(tl.info["issue_ms"] * 1e3)
+    X = np.asarray(rows, float)
+    y = np.asarray(ys, float)
+    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    coef = np.maximum(coef, 0.0)
+    fit = X @ coef
+    return {"nonmoe_us": float(coef[0]), "load_us": float(coef[1]), "compute_us": float(coef[2]),
+            "use_us": float(coef[3]), "fit_max_rel_err": float(np.max(np.abs(fit - y) / np.maximum(y, 1e-9))),
+            "runs": [{"nonmoe": r[0], "loads": r[1], "computes": r[2], "uses": r[3], "issue_us": v}
+                     for r, v in zip(rows, ys)]}
+
+
 def _driver_version() -> str:
     try:
         res = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
@@ -238,6 +282,7 @@ def calibrate(device: str = "cuda", models: Sequence[str | ModelSpec] | None = N
             tab_n, _, _ = measure_ffn(spec, dev, dtype, g_tok, reps, group=n, ffn=ffn)
             rows.append([ms * n for _, ms in tab_n])  # ms per expert -> ms per COMPUTE
         compute_tables[spec.name] = {"experts": g_exp, "tokens": g_tok, "ms": rows}
+    host_issue = measure_host_issue(specs[0], dev, dtype, quick=quick)
     if dev.type == "cuda":
         dev_name, driver, cuda_v = torch.cuda.get_device_name(dev), _driver_version(), torch.version.cuda
     else:
@@ -253,6 +298,7 @@ def calibrate(device: str = "cuda", models: Sequence[str | ModelSpec] | None = N
         nonmoe_table=tuple((t, ms) for t, ms in nonmoe_tables[first.name]),
         source=f"artifact.runtime.calibrate on {now}",
         compute_tables=compute_tables,
+        host_issue_us={k: host_issue[k] for k in ("nonmoe_us", "load_us", "compute_us", "use_us")},
         extra={
             "device_name": dev_name,
             "driver": driver,
@@ -270,6 +316,7 @@ def calibrate(device: str = "cuda", models: Sequence[str | ModelSpec] | None = N
             "ffn_issue_us": issue_tables,
             "nonmoe_d_model": first.d_model,
             "nonmoe_tables": nonmoe_tables,
+            "host_issue_fit": host_issue,
             "method": "CUDA events per call with the stream held by a spin kernel while the host queues (GPU time); "
                       "perf_counter on the CPU",
         },

@@ -26,10 +26,8 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import replace
@@ -40,6 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from artifact.atomicfile import atomic_write_text
 from artifact.models import ModelSpec, get_model
 from artifact.runtime.calibrate import _Timer, measure_copy
 from artifact.runtime.engine import (
@@ -593,11 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     outdir = Path(args.out)
     outdir.mkdir(parents=True, exist_ok=True)
     path = outdir / "gpu_checks.json"
-    fd, tmp = tempfile.mkstemp(prefix=".gpu_checks.", dir=outdir)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(results, fh, indent=1, default=_json_default)
-        fh.write("\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(results, indent=1, default=_json_default) + "\n")
     print(f"\n{'check':<17} {'figure':<48} {'value':>12} {'target':>10} {'met':>5}")
     for name, res in results["checks"].items():
         for r in res.get("rows", []):

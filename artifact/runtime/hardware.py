@@ -8,7 +8,9 @@ A profile gives
   the engine runs all experts of a COMPUTE in one grouped kernel, so its cost is not a sum of per-expert costs),
   bilinear in log2 of both; else the sum over its experts of a per-expert table (``ffn_tables``), piecewise-linear
   in tokens (flat below its first point, linear extrapolation past its last);
-- the time of the NON-MoE part of a layer (attention, norms, router) as a function of tokens in the step.
+- the time of the NON-MoE part of a layer (attention, norms, router) as a function of tokens in the step;
+- the host time to issue each kind of operation (``host_issue_us``): an engine whose host is slower than its GPU
+  is host-bound, and the simulator then waits for the host as a third resource.
 
 Profiles are JSON files; ``load_profile(name)`` looks in ``results/hardware/NAME.json`` (the calibrated ones the
 engine writes) and falls back to the built-in ``PROFILES`` below.
@@ -18,11 +20,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from artifact.atomicfile import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROFILE_DIR = REPO_ROOT / "results" / "hardware"
@@ -39,6 +42,8 @@ class HardwareProfile:
     extra: dict = field(default_factory=dict)
     # model -> {"experts": [n...], "tokens": [t...], "ms": [[ms of one COMPUTE of n experts x t tokens]]}
     compute_tables: dict = field(default_factory=dict)
+    # Host time to issue one op (us): {"nonmoe_us", "load_us", "compute_us", "use_us"}; empty = the host runs ahead.
+    host_issue_us: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.copy_table) < 2:
@@ -125,7 +130,8 @@ class HardwareProfile:
                        ffn_tables={k: tuple((int(n), float(t)) for n, t in v) for k, v in d["ffn_tables"].items()},
                        nonmoe_table=tuple((int(n), float(t)) for n, t in d["nonmoe_table"]),
                        source=d.get("source", ""), extra=d.get("extra", {}),
-                       compute_tables=_check_compute_tables(d.get("compute_tables", {}), origin))
+                       compute_tables=_check_compute_tables(d.get("compute_tables", {}), origin),
+                       host_issue_us={k: float(v) for k, v in d.get("host_issue_us", {}).items()})
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"hardware profile {origin}: bad or missing field ({type(exc).__name__}: {exc})") from None
 
@@ -233,15 +239,4 @@ def _read(path: Path) -> HardwareProfile:
 
 def save_profile(profile: HardwareProfile, path: str | os.PathLike) -> Path:
     """Write atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(profile.to_json(), fh, indent=1, sort_keys=True)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, json.dumps(profile.to_json(), indent=1, sort_keys=True) + "\n")

@@ -1,14 +1,17 @@
-"""The simulator: times a plan on two resources, one host-to-device link and one compute stream.
+"""The simulator: times a plan on two device resources, one host-to-device link and one compute stream, plus the
+host thread that issues them.
 
-It follows the plan's host issue order (see ``plan.py``) in one pass:
+It follows the engine's host issue order (see ``plan.py`` and ``engine.py``) in one pass. For layer-step ``g``:
+the LOADs decided at an earlier layer-step that are due before ``g``'s first COMPUTE (prefetches) are issued
+first, then ``g``'s NON-MoE part, then for each COMPUTE its remaining LOADs and the COMPUTE itself.
 
+- Host: each operation costs ``host_issue_us`` of host time (zero in profiles without it: the host runs ahead); a
+  device operation cannot start before the host has issued it.
 - NON-MoE part of layer-step ``g``: starts when the compute stream is free; lasts ``nonmoe_ms(tokens of the step)``.
 - LOAD: starts when the link is free, the NON-MoE part of its gate layer-step has finished, and the COMPUTE that
   last read its slot has finished; lasts ``copy_ms(expert bytes)``.
 - COMPUTE: starts when the stream is free and every LOAD it reads has finished; lasts
   ``compute_ms(experts it runs, tokens it runs)``.
-
-Host issue time is not modelled (the engine's host runs ahead of the device; ``gpu_checks`` measures how far).
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ def simulate(plan: Plan, workload: Workload, hw: HardwareProfile, expert_bytes: 
         t_comp = np.where(n_exp > 0, hw.compute_ms(plan.model.name, n_exp, tok), 0.0).tolist()
     else:
         t_comp = [0.0] * plan.num_computes
+    host = hw.host_issue_us
+    h_nonmoe = host.get("nonmoe_us", 0.0) / 1e3
+    h_load = host.get("load_us", 0.0) / 1e3
+    h_comp = ((host.get("compute_us", 0.0) + host.get("use_us", 0.0) * n_exp) / 1e3).tolist()
     # The last LOAD each COMPUTE reads (loads finish in issue order on the FIFO link, so the latest index suffices).
     if plan.use_load.size:
         need = np.maximum.reduceat(plan.use_load, c_off[:-1]).tolist()
@@ -54,38 +61,46 @@ def simulate(plan: Plan, workload: Workload, hw: HardwareProfile, expert_bytes: 
     lend = [0.0] * N
     stream = 0.0
     link = 0.0
+    hclock = 0.0
     li = 0
     next_g = 0
 
-    def run_nonmoe_until(g: int) -> None:
-        nonlocal stream, next_g
+    def issue_load(i: int) -> None:
+        nonlocal link, hclock
+        hclock += h_load
+        s = max(link, hclock)
+        gl = gate[i]
+        if gl >= 0 and ls_end[gl] > s:
+            s = ls_end[gl]
+        w = wait[i]
+        if w >= 0 and ce[w] > s:
+            s = ce[w]
+        lstart[i] = s
+        link = s + t_copy
+        lend[i] = link
+
+    def run_nonmoe_until(g: int, c: int) -> None:
+        """Issue the NON-MoE parts up to layer-step g; before each, the loads decided earlier that are due at c."""
+        nonlocal stream, next_g, li, hclock
         while next_g <= g:
-            ls_start[next_g] = stream
-            stream += t_nonmoe[next_g]
+            if next_g == g:
+                while li < N and before[li] <= c and gate[li] < g:
+                    issue_load(li)
+                    li += 1
+            hclock += h_nonmoe
+            s = max(stream, hclock)
+            ls_start[next_g] = s
+            stream = s + t_nonmoe[next_g]
             ls_end[next_g] = stream
             next_g += 1
 
-    def run_loads_before(c: int) -> None:
-        nonlocal link, li
-        while li < N and before[li] <= c:
-            gl = gate[li]
-            s = link
-            if gl >= 0:
-                run_nonmoe_until(gl)
-                if ls_end[gl] > s:
-                    s = ls_end[gl]
-            w = wait[li]
-            if w >= 0 and ce[w] > s:
-                s = ce[w]
-            lstart[li] = s
-            link = s + t_copy
-            lend[li] = link
-            li += 1
-
     for c in range(M):
-        run_nonmoe_until(comp_ls[c])
-        run_loads_before(c)
-        s = stream
+        run_nonmoe_until(comp_ls[c], c)
+        while li < N and before[li] <= c:
+            issue_load(li)
+            li += 1
+        hclock += h_comp[c]
+        s = max(stream, hclock)
         ready[c] = s
         n = need[c]
         if n >= 0 and lend[n] > s:
@@ -93,8 +108,10 @@ def simulate(plan: Plan, workload: Workload, hw: HardwareProfile, expert_bytes: 
         cs[c] = s
         stream = s + t_comp[c]
         ce[c] = stream
-    run_nonmoe_until(G - 1)
-    run_loads_before(M)
+    run_nonmoe_until(G - 1, M)
+    while li < N:
+        issue_load(li)
+        li += 1
     return Timeline(np.array(lstart), np.array(lend), np.array(cs), np.array(ce), np.array(ls_start),
                     np.array(ls_end), "simulator", {"comp_ready": np.array(ready), "hardware": hw.name,
-                                                    "copy_ms": t_copy})
+                                                    "copy_ms": t_copy, "host_ms": hclock})

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from artifact import __version__
+from artifact.atomicfile import atomic_write
 from artifact.models import PRESETS
 
 SCHEMA_VERSION = 1
@@ -184,17 +184,7 @@ def save(tr: Trace, path: str | os.PathLike) -> Path:
         arrays["gates"] = tr.gates
     if tr.lookahead is not None:
         arrays["lookahead"] = tr.lookahead
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays), binary=True)
     return path
 
 

@@ -1,0 +1,467 @@
+"""The report's figures: one function per figure, each a pure function of CSV rows (and, for the timeline, of a
+re-plan of CSV rows), written as PNG and PDF with deterministic bytes.
+
+Determinism: figures are built on ``matplotlib.figure.Figure`` (Agg canvas, no pyplot state), at a fixed size and
+dpi, inside ``rc_context`` with fixed fonts and ``pdf.fonttype = 42`` (TrueType, editable text); PNG metadata
+drops ``Software`` and PDF metadata drops ``CreationDate``, ``ModDate``, ``Producer`` and ``Creator``, so nothing
+in the files depends on the clock or the matplotlib build string. Every figure colours a strategy with
+:data:`STRATEGY_COLORS` (a fixed mapping over the registry order) and returns its caption for REPORT.md; a short
+form of it is the figure's suptitle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on the machines that build the report; also what makes the bytes stable
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import LogFormatter, NullLocator  # noqa: E402
+
+from artifact.policies.registry import STRATEGIES  # noqa: E402
+from artifact.report import tables as T  # noqa: E402
+
+matplotlib.rcParams["pdf.fonttype"] = 42  # TrueType in PDFs (editable text; required by artifact reviewers)
+
+# One colour per strategy in registry order, used in every figure: paper baselines warm/blue pairs (the proxy arm
+# lighter than the paper arm), the seed's own methods brown/pink/red, the bounds greys and black.
+_PALETTE = ["#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a", "#9467bd", "#8c564b", "#e377c2",
+            "#d62728", "#7f7f7f", "#000000", "#bcbd22"]
+_MARKERS = ["o", "v", "s", "D", "^", "<", ">", "p", "h", "*", "X", "P", "d"]
+STRATEGY_COLORS: dict[str, str] = {n: _PALETTE[i % len(_PALETTE)] for i, n in enumerate(STRATEGIES)}
+STRATEGY_MARKERS: dict[str, str] = {n: _MARKERS[i % len(_MARKERS)] for i, n in enumerate(STRATEGIES)}
+OTHER_COLOR = "#c7c7c7"  # a strategy the registry does not know (never expected)
+SERIES_COLOR = "#17becf"  # a workload property (memory savings): not a strategy, so not a strategy colour
+CLAIMED_COLOR = "#555555"  # the seed's claimed figures: dashed, labelled "claimed"
+
+DPI = 150
+RC = {
+    "pdf.fonttype": 42,
+    "ps.fonttype": 42,
+    "font.family": "DejaVu Sans",
+    "font.size": 8,
+    "axes.titlesize": 9,
+    "figure.titlesize": 9,
+    "legend.fontsize": 7,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "savefig.dpi": DPI,
+}
+PNG_METADATA = {"Software": None}
+PDF_METADATA = {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None}
+
+
+def color(strategy: str) -> str:
+    return STRATEGY_COLORS.get(strategy, OTHER_COLOR)
+
+
+def marker(strategy: str) -> str:
+    return STRATEGY_MARKERS.get(strategy, "o")
+
+
+@dataclass(frozen=True)
+class Plot:
+    name: str
+    title: str
+    caption: str
+    png: Path
+    pdf: Path
+
+
+def _new(size: tuple[float, float], ncols: int = 1, nrows: int = 1, **kw) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=size, dpi=DPI)
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
+    return fig, axes
+
+
+def _save(fig: Figure, out_dir: Path, name: str, title: str, caption: str) -> Plot:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png, pdf = out_dir / f"{name}.png", out_dir / f"{name}.pdf"
+    fig.savefig(png, format="png", dpi=DPI, metadata=PNG_METADATA)
+    fig.savefig(pdf, format="pdf", dpi=DPI, metadata=PDF_METADATA)
+    return Plot(name, title, caption, png, pdf)
+
+
+def _suptitle(fig: Figure, title: str, short: str) -> None:
+    fig.suptitle(f"{title}\n{short}", fontsize=8)
+
+
+def _short_context(rows: pd.DataFrame, hardware: Mapping[str, str] | None) -> str:
+    """The brief caption of a suptitle: model, cache, hardware profile, steps, seeds or repeats."""
+    if rows.empty:
+        return "no rows"
+    seeds = sorted(set(rows["trace_seed"]))
+    reps = sorted({int(r) for r in rows["repeats"] if not np.isnan(r)})
+    ex = _join(sorted(set(rows["executor"])))
+    return (f"{_join(sorted(set(rows['model'])))}, synthetic routing, cache {_join(sorted(set(rows['cache'])))} "
+            f"experts, profile {_join(sorted(set(rows['hardware'])))}, {_join(sorted(set(rows['steps'])))} steps, "
+            f"seed{'s' if len(seeds) > 1 else ''} {_join(seeds)}, {ex}" + (f" x{_join(reps)} repeats"
+                                                                          if ex == "engine" else ""))
+
+
+def _join(v) -> str:
+    return ", ".join(str(x) for x in v)
+
+
+def _log2_axis(a, values) -> None:
+    """A log2 x axis ticked at the measured values, printed as plain numbers (1, 8, 64, not 2^0, 2^3, 2^6)."""
+    vals = sorted({int(v) for v in values})
+    a.set_xscale("log", base=2)
+    a.set_xticks(vals)
+    a.set_xticklabels([str(v) for v in vals])
+    a.xaxis.set_minor_locator(NullLocator())
+
+
+def _log_y(a) -> None:
+    """A log y axis labelled with plain numbers (20, 50, 100; not 2 x 10^1)."""
+    a.set_yscale("log")
+    a.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+    a.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+
+
+def _legend(fig: Figure, names: list[str], ncol: int = 7, extra: list | None = None, lines: bool = False) -> None:
+    if lines:  # line plots: the legend shows each strategy's marker too
+        handles = [Line2D([0], [0], color=color(n), marker=marker(n), markersize=4, label=n) for n in names]
+    else:
+        handles = [Patch(facecolor=color(n), edgecolor="none", label=n) for n in names]
+    handles += extra or []
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, frameon=False)
+
+
+def _placeholder(out_dir: Path, name: str, title: str, message: str) -> Plot:
+    with matplotlib.rc_context(RC):
+        fig, ax = _new((6.0, 2.5))
+        a = ax[0, 0]
+        a.axis("off")
+        a.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
+        fig.suptitle(title)
+        return _save(fig, out_dir, name, title, message)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# (1) latency per strategy, both protocols
+# --------------------------------------------------------------------------------------------------------------
+
+
+def fig_latency_by_strategy(sim: pd.DataFrame, claims: Mapping, out_dir: Path,
+                            hardware: Mapping[str, str] | None = None) -> Plot:
+    """Mean latency per step over batch sizes for every strategy at the default cache: bars = mean over seeds,
+    whiskers = min-max over seeds; ``batched`` and ``per_item`` side by side."""
+    name, title = "fig1_latency_by_strategy", "Latency per decode step by strategy (iso-cache)"
+    cache = T.default_cache(sim)
+    d = sim[sim["cache"] == cache]
+    names = T.strategy_order(d["strategy"])
+    batches = sorted(set(d["batch"]))
+    with matplotlib.rc_context(RC):
+        fig, ax = _new((10.0, 4.2), ncols=2, sharey=True)
+        for a, p in zip(ax[0], T.PROTOCOLS):
+            lat = T.latency_by_batch(sim, cache, p)
+            st = T.seed_stats(T.mean_over_batches(lat)) if not lat.empty else pd.DataFrame(columns=["mean"])
+            x = np.arange(len(names))
+            for i, s in enumerate(names):
+                if s not in st.index or np.isnan(st.loc[s, "mean"]):
+                    a.text(i, 0.5, "n/a", ha="center", transform=a.get_xaxis_transform(), fontsize=6)
+                    continue
+                m, lo, hi = st.loc[s, "mean"], st.loc[s, "min"], st.loc[s, "max"]
+                a.bar(i, m, color=color(s), edgecolor="black", linewidth=0.4)
+                a.errorbar(i, m, yerr=[[m - lo], [hi - m]], color="black", capsize=2, linewidth=0.8)
+            a.set_xticks(x)
+            a.set_xticklabels(names, rotation=60, ha="right")
+            _log_y(a)
+            a.set_title(f"protocol: {p}")
+            a.set_xlabel("strategy")
+        ax[0, 0].set_ylabel(f"latency per step (ms), mean over batch {_join(batches)}")
+        short = _short_context(d, hardware)
+        _suptitle(fig, title, short)
+        fig.subplots_adjust(left=0.08, right=0.99, top=0.86, bottom=0.3, wspace=0.05)
+        cap = (f"{title}: mean over batch sizes {_join(batches)} of the latency per decode step (log scale); bars "
+               "are the mean over seeds, whiskers min-max over seeds; left the fair `batched` protocol, right the "
+               "seed's `per_item` accounting. " + T.describe(d, hardware))
+        return _save(fig, out_dir, name, title, cap)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# (2) dedup savings by batch size, ours and claimed
+# --------------------------------------------------------------------------------------------------------------
+
+
+def fig_dedup_savings(sim: pd.DataFrame, claims: Mapping, out_dir: Path,
+                      hardware: Mapping[str, str] | None = None) -> Plot:
+    name, title = "fig2_dedup_savings", "What deduplication saves, by batch size"
+    cache = T.default_cache(sim)
+    sv = T.dedup_savings(sim, cache, claims)
+    seed = claims["tables"]["savings_by_batch"]["rows"]
+    od, fl = T.baseline(claims), T.flagship(claims)
+    d = sim[sim["cache"] == cache]
+    with matplotlib.rc_context(RC):
+        fig, ax = _new((6.4, 4.4))
+        a = ax[0, 0]
+        series = [("memory_savings", "memory savings (ours): 1 - unique/requests, batched", SERIES_COLOR, "o"),
+                  ("bandwidth_savings_on_demand", f"bandwidth savings (ours): {od}, batched vs per_item bytes",
+                   color(od), marker(od)),
+                  ("bandwidth_savings_dedup_vs_paper", f"bandwidth savings (ours): {fl} vs paper baselines per_item",
+                   color(fl), marker(fl))]
+        if not sv.empty:
+            for col, label, c, mk in series:
+                st = T.over_seeds(sv, col)
+                b = st.index.to_numpy(float)
+                a.plot(b, 100 * st["mean"], color=c, marker=mk, label=label)
+                a.fill_between(b, 100 * st["min"], 100 * st["max"], color=c, alpha=0.2, linewidth=0)
+        a.plot([r["batch"] for r in seed], [r["memory_savings_pct"] for r in seed], color=CLAIMED_COLOR,
+               linestyle="--", marker="x", label="claimed by the seed report (memory = bandwidth savings)")
+        _log2_axis(a, [r["batch"] for r in seed] + ([] if sv.empty else list(sv.index.get_level_values("batch"))))
+        a.set_xlabel("batch size (sequences decoded together)")
+        a.set_ylabel("savings (%)")
+        a.legend(loc="upper left", frameon=False)
+        _suptitle(fig, title, _short_context(d, hardware))
+        fig.subplots_adjust(left=0.1, right=0.98, top=0.86, bottom=0.12)
+        cap = (f"{title}: ours (solid; band = min-max over seeds) against the seed's Memory and Bandwidth Savings "
+               "table (dashed, claimed, not measured here). Definitions in the Definitions section. "
+               + T.describe(d, hardware))
+        return _save(fig, out_dir, name, title, cap)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# (3) latency against batch size
+# --------------------------------------------------------------------------------------------------------------
+
+
+def fig_latency_vs_batch(sim: pd.DataFrame, out_dir: Path, hardware: Mapping[str, str] | None = None) -> Plot:
+    name, title = "fig3_latency_vs_batch", "Latency per decode step against batch size"
+    cache = T.default_cache(sim)
+    d = sim[sim["cache"] == cache]
+    names = T.strategy_order(d["strategy"])
+    with matplotlib.rc_context(RC):
+        fig, ax = _new((10.0, 4.4), ncols=2, sharey=True)
+        for a, p in zip(ax[0], T.PROTOCOLS):
+            m = T.latency_seed_mean(sim, cache, p)
+            for s in names:
+                if s not in m.index:
+                    continue
+                y = m.loc[s]
+                a.plot(y.index.to_numpy(float), y.to_numpy(float), color=color(s), marker=marker(s), markersize=3,
+                       linewidth=1.0, label=s)
+            _log2_axis(a, d["batch"])
+            _log_y(a)
+            a.set_xlabel("batch size")
+            a.set_title(f"protocol: {p}")
+        ax[0, 0].set_ylabel("latency per step (ms), mean over seeds")
+        _legend(fig, names, lines=True)
+        _suptitle(fig, title, _short_context(d, hardware))
+        fig.subplots_adjust(left=0.08, right=0.99, top=0.86, bottom=0.25, wspace=0.05)
+        cap = f"{title} (log-log), mean over seeds. " + T.describe(d, hardware)
+        return _save(fig, out_dir, name, title, cap)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# (4) cache sizes
+# --------------------------------------------------------------------------------------------------------------
+
+
+def fig_cache_sizes(sim: pd.DataFrame, out_dir: Path, hardware: Mapping[str, str] | None = None,
+                    batch: int | None = None) -> Plot:
+    name, title = "fig4_cache_sizes", "Hit rate and latency against cache size"
+    batch = T.mid_batch(sim["batch"]) if batch is None else batch
+    d = sim[(sim["batch"] == batch) & (sim["protocol"] == "batched")]
+    names = [s for s in T.strategy_order(d["strategy"]) if s != "gpu_only"]  # not iso-cache: no cache axis
+    with matplotlib.rc_context(RC):
+        fig, ax = _new((10.0, 4.4), ncols=2)
+        for a, col, lab in ((ax[0, 0], "hit_rate", "hit rate (hits / unique requests)"),
+                            (ax[0, 1], "latency_ms_per_step", "latency per step (ms)")):
+            g = d.groupby(["strategy", "cache"])[col].mean()
+            for s in names:
+                if s not in g.index.get_level_values("strategy"):
+                    continue
+                y = g.xs(s, level="strategy")
+                a.plot(y.index.to_numpy(float), y.to_numpy(float), color=color(s), marker=marker(s), markersize=3,
+                       linewidth=1.0)
+            _log2_axis(a, d["cache"])
+            a.set_xlabel("cache size (GPU expert slots)")
+            a.set_ylabel(lab)
+            if col == "latency_ms_per_step":
+                _log_y(a)
+        _legend(fig, names, ncol=6, lines=True)
+        _suptitle(fig, f"{title}, batch {batch}, batched", _short_context(d, hardware))
+        fig.subplots_adjust(left=0.07, right=0.99, top=0.86, bottom=0.25, wspace=0.22)
+        cap = (f"{title} at batch {batch} under `batched`, mean over seeds (`gpu_only` left out: it holds every "
+               "expert). " + T.describe(d, hardware))
+        return _save(fig, out_dir, name, title, cap)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# (5) simulator against engine
+# --------------------------------------------------------------------------------------------------------------
+
+
+def fig_sim_vs_engine(engine: pd.DataFrame | None, out_dir: Path, hardware: Mapping[str, str] | None = None) -> Plot:
+    name, title = "fig5_sim_vs_engine", "Simulator against engine on the same plans"
+    if engine is None or engine.empty:
+        msg = ("No GPU engine run in these results (raw/engine.csv is absent), so there is nothing to plot: the "
+               "simulator's times have not been checked against measured engine times here (no data is shown "
+               "rather than made up). The E5 section reports the CPU engine check when there is one.")
+        return _placeholder(out_dir, name, title, msg)
+    d = T.engine_error(engine)
+    d = d[d["sim_latency_ms_per_step"].notna() & d["latency_ms_per_step"].notna()]
+    if d.empty:
+        return _placeholder(out_dir, name, title, "raw/engine.csv has no row with both an engine and a simulator "
+                                                  "figure.")
+    names = T.strategy_order(d["strategy"])
+    with matplotlib.rc_context(RC):
+        fig, ax = _new((6.4, 5.6))
+        a = ax[0, 0]
+        lo = float(min(d["latency_ms_per_step_min"].min(), d["sim_latency_ms_per_step"].min())) * 0.8
+        hi = float(max(d["latency_ms_per_step_max"].max(), d["sim_latency_ms_per_step"].max())) * 1.25
+        xs = np.geomspace(lo, hi, 64)
+        a.fill_between(xs, xs * 0.9, xs * 1.1, color="#dddddd", linewidth=0, label="within +-10%")
+        a.plot(xs, xs, color="black", linewidth=0.8, label="simulator = engine")
+        for s in names:
+            r = d[d["strategy"] == s]
+            x = r["latency_ms_per_step"].to_numpy(float)
+            xerr = np.vstack([x - r["latency_ms_per_step_min"].to_numpy(float),
+                              r["latency_ms_per_step_max"].to_numpy(float) - x])
+            a.errorbar(x, r["sim_latency_ms_per_step"].to_numpy(float), xerr=np.maximum(xerr, 0), fmt=marker(s),
+                       color=color(s), markersize=4, elinewidth=0.6, capsize=1.5, label=s)
+        a.set_xscale("log")
+        _log_y(a)
+        a.set_xlim(lo, hi)
+        a.set_ylim(lo, hi)
+        a.set_xlabel("engine latency per step (ms), median; whiskers min-max over repeats")
+        a.set_ylabel("simulator latency per step (ms)")
+        a.legend(loc="upper left", frameon=False, ncol=2)
+        _suptitle(fig, title, _short_context(d, hardware))
+        fig.subplots_adjust(left=0.12, right=0.98, top=0.88, bottom=0.1)
+        cap = f"{title}: one point per strategy and batch size; grey band +-10%. " + T.describe(d, hardware)
+        return _save(fig, out_dir, name, title, cap)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# (6) one decode step's timeline
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """A CSV row re-planned and re-simulated (see ``build.replay_rows``): its plan and timeline."""
+
+    strategy: str
+    plan: object  # artifact.runtime.plan.Plan
+    timeline: object  # artifact.runtime.timeline.Timeline
+    counts_match: bool  # the re-plan's decision counts equal the CSV row's
+
+
+def step_window(plan, tl, step: int) -> tuple[float, float]:
+    """[start, end] (ms) of decode step ``step``: its first NON-MoE part to its last COMPUTE or NON-MoE part."""
+    L = plan.layers
+    g0, g1 = step * L, (step + 1) * L - 1
+    in_step = (plan.comp_ls // L) == step
+    ends = [float(tl.nonmoe_end[g1])] + ([float(tl.comp_end[in_step].max())] if in_step.any() else [])
+    return float(tl.nonmoe_start[g0]), max(ends)
+
+
+def fig_timeline(replayed: list[Replayed], rows: pd.DataFrame, out_dir: Path,
+                 hardware: Mapping[str, str] | None = None, step: int | None = None) -> Plot:
+    """Gantt bars of one decode step for a few strategies: the copy link (LOADs: demand solid, prefetch hatched)
+    and the compute stream (expert FFNs in the strategy's colour, the non-MoE part grey)."""
+    name, title = "fig6_step_timeline", "One decode step: copies and compute"
+    if not replayed:
+        return _placeholder(out_dir, name, title, "No rows to re-plan for the timeline (raw/sim.csv lacks the "
+                                                  "strategies or the batch size it needs).")
+    steps = replayed[0].plan.steps
+    step = steps // 2 if step is None else step  # mid-run: the cache is warm, the pool not yet draining
+    with matplotlib.rc_context(RC):
+        fig, ax = _new((10.0, 1.6 + 0.9 * len(replayed)))
+        a = ax[0, 0]
+        ylabels, yticks = [], []
+        width = 0.0
+        for k, r in enumerate(replayed):
+            plan, tl = r.plan, r.timeline
+            t0, t1 = step_window(plan, tl, step)
+            width = max(width, t1 - t0)
+            base = (len(replayed) - 1 - k) * 1.0
+            y_copy, y_comp = base + 0.5, base + 0.1
+            c = color(r.strategy)
+            ov = (tl.load_end > t0) & (tl.load_start < t1)
+            for pf, hatch, alpha in ((False, None, 1.0), (True, "////", 0.45)):
+                sel = ov & (plan.load_prefetch == pf)
+                if sel.any():
+                    st, en = np.maximum(tl.load_start[sel], t0) - t0, np.minimum(tl.load_end[sel], t1) - t0
+                    a.broken_barh(list(zip(st, en - st)), (y_copy, 0.3), facecolors=c, alpha=alpha, hatch=hatch,
+                                  edgecolor="black", linewidth=0.2)
+            sel = (tl.comp_end > t0) & (tl.comp_start < t1)
+            if sel.any():
+                st, en = np.maximum(tl.comp_start[sel], t0) - t0, np.minimum(tl.comp_end[sel], t1) - t0
+                a.broken_barh(list(zip(st, en - st)), (y_comp, 0.3), facecolors=c, edgecolor="black", linewidth=0.2)
+            sel = (tl.nonmoe_end > t0) & (tl.nonmoe_start < t1)
+            if sel.any():
+                st, en = np.maximum(tl.nonmoe_start[sel], t0) - t0, np.minimum(tl.nonmoe_end[sel], t1) - t0
+                a.broken_barh(list(zip(st, en - st)), (y_comp, 0.3), facecolors="#bbbbbb", edgecolor="black",
+                              linewidth=0.2)
+            yticks += [y_copy + 0.15, y_comp + 0.15]
+            ylabels += [f"{r.strategy}: copy link", f"{r.strategy}: compute"]
+        a.set_yticks(yticks)
+        a.set_yticklabels(ylabels)
+        a.set_xlim(0, width * 1.02 if width > 0 else 1.0)
+        a.set_xlabel(f"time since the start of decode step {step} of {steps} (ms)")
+        extra = [Patch(facecolor="white", edgecolor="black", label="demand LOAD (solid)"),
+                 Patch(facecolor="white", edgecolor="black", hatch="////", label="prefetch LOAD (hatched)"),
+                 Patch(facecolor="#bbbbbb", edgecolor="black", label="non-MoE part (attention, router)")]
+        _legend(fig, [r.strategy for r in replayed], ncol=6, extra=extra)
+        batch = _join(sorted(set(rows["batch"])))
+        _suptitle(fig, f"{title}, batch {batch}, batched", _short_context(rows, hardware))
+        fig.subplots_adjust(left=0.2, right=0.99, top=0.84, bottom=0.2)
+        match = all(r.counts_match for r in replayed)
+        cap = (f"{title}: decode step {step} of {steps} at batch {batch}, re-planned and re-simulated from the CSV "
+               "rows' configuration (same workload seed, cache, protocol and hardware profile; the simulator is "
+               "deterministic); re-planned decision counts "
+               + ("equal the CSV rows'" if match else "DIFFER from the CSV rows' (the code changed since the run)")
+               + ". Copies run in plan order on one link; a bar that starts before the step is clipped. "
+               + T.describe(rows, hardware))
+        return _save(fig, out_dir, name, title, cap)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# (7) gaps to the bounds
+# --------------------------------------------------------------------------------------------------------------
+
+
+def fig_gaps(sim: pd.DataFrame, out_dir: Path, hardware: Mapping[str, str] | None = None) -> Plot:
+    name, title = "fig7_gaps_to_bounds", "Gap of each strategy to the bounds"
+    cache = T.default_cache(sim)
+    d = sim[(sim["cache"] == cache) & (sim["protocol"] == "batched")]
+    bounds = {n for n, s in STRATEGIES.items() if s.bound}
+    names = [s for s in T.strategy_order(d["strategy"]) if s not in bounds]
+    with matplotlib.rc_context(RC):
+        fig, ax = _new((10.0, 4.4), ncols=2)
+        for a, value, bound, lab in ((ax[0, 0], "loads", "belady", "loads / belady loads"),
+                                     (ax[0, 1], "latency_ms_per_step", "oracle", "latency / oracle latency")):
+            g = T.gap_frame(sim, value, bound, cache)
+            if g.empty:
+                a.text(0.5, 0.5, f"no {bound} rows", ha="center", transform=a.transAxes)
+                continue
+            m = g.groupby(level="strategy", sort=False).mean()
+            for s in names:
+                if s not in m.index:
+                    continue
+                y = m.loc[s]
+                a.plot(y.index.to_numpy(float), y.to_numpy(float), color=color(s), marker=marker(s), markersize=3,
+                       linewidth=1.0)
+            a.axhline(1.0, color=color(bound), linewidth=0.8, linestyle=":")
+            _log2_axis(a, d["batch"])
+            _log_y(a)
+            a.set_xlabel("batch size")
+            a.set_ylabel(f"{lab} (ratio, mean over seeds)")
+            a.set_title(f"dotted: {bound} = 1")
+        _legend(fig, names, ncol=5, lines=True)
+        _suptitle(fig, title, _short_context(d, hardware))
+        fig.subplots_adjust(left=0.07, right=0.99, top=0.84, bottom=0.25, wspace=0.22)
+        cap = (f"{title}: loads over Belady's MIN loads (left) and latency over the oracle's (right), per seed then "
+               "mean over seeds, `batched`. " + T.describe(d, hardware))
+        return _save(fig, out_dir, name, title, cap)

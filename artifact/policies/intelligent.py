@@ -26,9 +26,15 @@ Hence, with only what a real engine has (the past, the current layer's routing, 
   running frequency, a count with a uniform prior), and ``f`` the probability that the very next visit does: the
   forecast ``P(e)`` for the next layer, ``q`` for the others. The largest expected time goes first: an estimate of
   Belady's MIN.
-- Prefetch, while layer ``l`` runs: every expert of layer ``l + 1`` with ``P(e) >= min_probability``, most likely
-  first, each admitted only if its expected next use comes before its victim's. Copies run in that order, so the
-  likeliest experts arrive first.
+- Prefetch, while layer ``l`` runs, the experts of layer ``l + 1`` most likely first, each admitted only if it is
+  likelier to be used at its visit than its victim is at the victim's. How many: a prefetch pays only while the
+  link would otherwise idle. The copies that fit under layer ``l``'s compute (its expert FFNs, the next NON-MoE part
+  and the host's issue time, over one expert's copy time, all static figures of the target's hardware profile)
+  are prefetched if ``P(e) >= min_probability``; past that window a wrong guess costs a whole copy on a busy link,
+  so the bar rises with the share of the candidates' copy time the compute cannot hide,
+  ``1 - t_compute / (n t_copy)``, between ``min_probability`` and ``sure_probability``. On a link-bound machine this
+  stops the speculative copies that would push out the copies actually needed; where compute hides most copies,
+  it keeps the link busy with every likely expert.
 """
 
 from __future__ import annotations
@@ -43,7 +49,8 @@ _SCALE = 1000.0  # expected-use keys are compared as integers of 1/1000 layer-st
 
 class IntelligentDedup(Strategy):
     def __init__(self, ctx, eviction, prior: float = 1.0, min_probability: float = 0.25, smoothing: float = 4.0,
-                 use_lookahead: bool = True, use_transitions: bool = True) -> None:
+                 use_lookahead: bool = True, use_transitions: bool = True, sure_probability: float = 0.95,
+                 hardware_window: bool = True) -> None:
         super().__init__(ctx, eviction)
         L, E = ctx.L, ctx.E
         if not 0.0 < min_probability <= 1.0:
@@ -63,6 +70,13 @@ class IntelligentDedup(Strategy):
         self._pending: np.ndarray | None = None
         self._prev_first: np.ndarray | None = None
         self.batch_tokens = float(ctx.B)
+        self.sure_p = sure_probability
+        self.hardware_window = hardware_window
+        hw = getattr(ctx, "hardware", None)
+        self.hw = hw
+        self.t_copy = float(hw.copy_ms(ctx.model.expert_bytes)) if hw is not None else 0.0
+        host = hw.host_issue_us if hw is not None else {}
+        self._host_ms = ((host.get("nonmoe_us", 0.0) + host.get("compute_us", 0.0)) / 1e3, host.get("use_us", 0.0) / 1e3)
         eviction.strategy = self
 
     def observe(self, g):
@@ -153,8 +167,31 @@ class IntelligentDedup(Strategy):
         self.next_layer = layer + 1
         cand = np.nonzero(P >= self.min_p)[0]
         cand = cand[np.lexsort((cand, -P[cand]))]
+        if self.hardware_window and self.hw is not None and self.t_copy > 0 and cand.shape[0]:
+            # The copies that fit under this layer-step's compute cost nothing; past them, a copy is worth it only
+            # if it is likely enough: the more of the candidates' copy time the compute hides, the lower the bar.
+            t_c = self._compute_ms(g)
+            window = int(np.ceil(t_c / self.t_copy))
+            bar = float(np.clip(1.0 - t_c / (cand.shape[0] * self.t_copy), self.min_p, self.sure_p))
+            cand = np.concatenate([cand[:window], cand[window:][P[cand[window:]] >= bar]])
         gids = cand + (layer + 1) * ctx.E
         return gids, np.full(gids.shape[0], g + 1, np.int64), None
+
+    def _compute_ms(self, g: int) -> float:
+        """Compute-stream time of layer-step ``g`` (its COMPUTE, the next NON-MoE part, the host's issue time) from
+        the hardware profile: the time the link would idle without prefetches."""
+        ctx = self.ctx
+        uniq, _ = ctx.unique(g)
+        n = uniq.shape[0]
+        tok = self.batch_tokens * ctx.K
+        name = ctx.model.name
+        try:
+            t = float(self.hw.compute_ms(name, np.array([n]), np.array([tok]))[0])
+            t += float(self.hw.nonmoe_ms(self.batch_tokens, name))
+        except KeyError:  # no timings for this expert shape: no window, only near-certain prefetches
+            return 0.0
+        host_fixed, host_use = self._host_ms
+        return max(t, host_fixed + host_use * n)
 
     def admit(self, gids, targets, victims, g):
         """A prefetch for the next layer-step is worth its victim when it is likelier to be used at its visit

@@ -154,11 +154,11 @@ def schedule(workload: Workload, strategy: str, cache_experts: int, protocol: st
         return _gpu_only_plan(workload, req, protocol, spec.batch_aware)
     if spec.name == "oracle":
         return oracle_plan(workload, cache_experts, protocol, seed, req, hardware, plans or {})
-    return _schedule(workload, spec, cache_experts, protocol, seed, req, **params)
+    return _schedule(workload, spec, cache_experts, protocol, seed, req, hardware=hardware, **params)
 
 
 def _schedule(workload: Workload, spec, cache_experts: int, protocol: str, seed: int, req: Requests,
-              **params) -> Plan:
+              hardware=None, **params) -> Plan:
     L, E, K = workload.layers, workload.model.experts, workload.top_k
     n_gid = L * E
     if cache_experts < K:
@@ -167,6 +167,9 @@ def _schedule(workload: Workload, spec, cache_experts: int, protocol: str, seed:
         raise ValueError(f"cache_experts {cache_experts} exceeds the model's {n_gid} experts; use gpu_only")
     per_item = protocol == "per_item" and not spec.batch_aware
     ctx = SchedulerContext(workload, req, cache_experts, protocol, seed, spec.access)
+    if hardware is None:
+        from artifact.runtime.hardware import H200 as hardware
+    ctx.hardware = hardware  # static facts of the target machine (hardware-aware strategies); never a clock
     st = CacheState(cache_experts, n_gid)
     ctx.state = st
     strat = spec.make(ctx, **params)
@@ -352,10 +355,11 @@ def oracle_plan(workload: Workload, cache_experts: int, protocol: str, seed: int
 
     hw = hardware if hardware is not None else H200
     cands = {"belady": plans.get("belady") or _schedule(workload, STRATEGIES["belady"], cache_experts, protocol, seed,
-                                                        req),
-             "aggressive_min": _schedule(workload, AGGRESSIVE_MIN, cache_experts, protocol, seed, req)}
+                                                        req, hw),
+             "aggressive_min": _schedule(workload, AGGRESSIVE_MIN, cache_experts, protocol, seed, req, hw)}
     for window in AGED_MIN_WINDOWS:
-        cands[f"aged_min_{window}"] = _schedule(workload, aged_min_spec(window), cache_experts, protocol, seed, req)
+        cands[f"aged_min_{window}"] = _schedule(workload, aged_min_spec(window), cache_experts, protocol, seed, req,
+                                                hw)
     for name, sp in STRATEGIES.items():
         if sp.bound or (sp.needs_lookahead and workload.lookahead is None):
             continue
@@ -365,7 +369,7 @@ def oracle_plan(workload: Workload, cache_experts: int, protocol: str, seed: int
             cands[name] = plans[name]
             continue
         try:
-            cands[name] = _schedule(workload, sp, cache_experts, protocol, seed, req)
+            cands[name] = _schedule(workload, sp, cache_experts, protocol, seed, req, hw)
         except ValueError:  # cannot run at this cache size (e.g. per-layer slots below top-k): not a candidate
             continue
     best, best_ms = None, float("inf")

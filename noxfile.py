@@ -32,3 +32,13 @@ def lint(session: nox.Session) -> None:
     """ruff."""
     session.install("ruff>=0.6")
     session.run("ruff", "check", "artifact", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """pytest-benchmark suite (GPU engine cases skip without CUDA); options after -- go to pytest.
+
+    e.g. ``nox -s bench -- --benchmark-autosave``, later ``nox -s bench -- --benchmark-compare``.
+    """
+    _install(session, "test")
+    session.run("python", "-m", "pytest", "benchmarks", *session.posargs)

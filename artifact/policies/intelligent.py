@@ -76,7 +76,8 @@ class IntelligentDedup(Strategy):
         self.hw = hw
         self.t_copy = float(hw.copy_ms(ctx.model.expert_bytes)) if hw is not None else 0.0
         host = hw.host_issue_us if hw is not None else {}
-        self._host_ms = ((host.get("nonmoe_us", 0.0) + host.get("compute_us", 0.0)) / 1e3, host.get("use_us", 0.0) / 1e3)
+        fixed_us = host.get("nonmoe_us", 0.0) + host.get("compute_us", 0.0)
+        self._host_ms = (fixed_us / 1e3, host.get("use_us", 0.0) / 1e3)
         eviction.strategy = self
 
     def observe(self, g):

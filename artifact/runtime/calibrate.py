@@ -186,14 +186,15 @@ def measure_nonmoe(d_model: int, device: str | torch.device = "cuda", dtype: str
 
 
 def measure_host_issue(model: ModelSpec, device: str | torch.device = "cuda", dtype: str = "bfloat16",
-                       repeats: int = 5, layers: int = 4, steps: int = 16, quick: bool = False) -> dict:
+                       repeats: int = 15, layers: int = 4, steps: int = 2, quick: bool = False) -> dict:
     """Host time the engine spends issuing each kind of operation (lean runs: no timeline events).
 
-    Runs the engine on plans with and without copies at batch 1, 8 and 64 (a ``layers``-layer slice of the model's
-    expert shape, random skewed routing), reads the host issue time of each run and fits, by least squares,
-    ``issue = a * NON-MoE ops + b * LOADs + c * COMPUTEs + d * experts in COMPUTEs`` (microseconds per op).
-    When the device is faster than this, the engine is host-bound; the simulator adds these costs as a third
-    resource (the issuing thread).
+    Runs the engine on short plans (``steps`` x ``layers`` layer-steps, so that the device's launch queue never
+    fills and blocks the host, which would time the GPU instead) with and without copies, batched and per item, at
+    batch 1, 8 and 64 (a ``layers``-layer slice of the model's expert shape, random skewed routing); takes the median
+    host issue time of ``repeats`` runs of each and fits, by least squares, ``issue = a * NON-MoE ops + b * LOADs +
+    c * COMPUTEs + d * experts in COMPUTEs`` (microseconds per op, clipped at zero). When the device is faster
+    than this, the engine is host-bound; the simulator adds these costs as a third resource (the issuing thread).
     """
     from dataclasses import replace as _replace
 
@@ -209,17 +210,22 @@ def measure_host_issue(model: ModelSpec, device: str | torch.device = "cuda", dt
     rows, ys = [], []
     batches = (1, 8) if quick else (1, 8, 64)
     for b in batches:
-        wl = synthetic_workload(spec, b, 4 if quick else steps, seed=b)
-        cache = max(spec.top_k * 2, min(spec.total_experts // 2, 32))
-        # per_item gpu_only runs one COMPUTE per item: separates the per-COMPUTE cost from the per-layer-step one.
-        for plan in (gpu_only_plan(wl), gpu_only_plan(wl, "per_item"), lru_on_demand_plan(wl, cache)):
-            _, tl = eng.run(plan, wl, repeats=repeats, warmup=1, timeline=False)
+        wl = synthetic_workload(spec, b, steps, seed=b)
+        plans = [gpu_only_plan(wl), gpu_only_plan(wl, "per_item"), lru_on_demand_plan(wl, spec.top_k * max(b, 2)),
+                 lru_on_demand_plan(wl, spec.top_k * max(b, 2), "per_item")]
+        for plan in plans:
+            _, tl = eng.run(plan, wl, repeats=3 if quick else repeats, warmup=1, timeline=False)
+            issue = tl.info["issue_ms"]  # median over the repeats
             rows.append([plan.layer_steps, plan.num_loads, plan.num_computes, plan.use_gid.shape[0]])
-            ys.append(tl.info["issue_ms"] * 1e3)
+            ys.append(issue * 1e3)
     X = np.asarray(rows, float)
     y = np.asarray(ys, float)
     coef, *_ = np.linalg.lstsq(X, y, rcond=None)
-    coef = np.maximum(coef, 0.0)
+    if (coef < 0).any():  # refit without the terms that came out negative (an active-set step of NNLS)
+        keep = coef > 0
+        sub, *_ = np.linalg.lstsq(X[:, keep], y, rcond=None)
+        coef = np.zeros_like(coef)
+        coef[keep] = np.maximum(sub, 0.0)
     fit = X @ coef
     return {"nonmoe_us": float(coef[0]), "load_us": float(coef[1]), "compute_us": float(coef[2]),
             "use_us": float(coef[3]), "fit_max_rel_err": float(np.max(np.abs(fit - y) / np.maximum(y, 1e-9))),

@@ -1,8 +1,8 @@
 """Hardware profiles: what the simulator needs to time a plan.
 
 A profile gives
-- the time of one host-to-device copy of ``n`` bytes from pinned memory: ``latency + n / bandwidth``, fitted by
-  least squares to a measured (bytes, ms) table;
+- the time of one host-to-device copy of ``n`` bytes from pinned memory: piecewise-linear through a measured
+  (bytes, ms) table, and ``latency + n / bandwidth`` fitted by least squares to it outside the table;
 - the time of one COMPUTE (the expert FFNs of one layer-step, or of one item or chunk of it) per model preset: from
   a measured grid over (experts in the COMPUTE, tokens per expert) when the profile has one (``compute_tables``:
   the engine runs all experts of a COMPUTE in one grouped kernel, so its cost is not a sum of per-expert costs),
@@ -62,7 +62,14 @@ class HardwareProfile:
         return 1e-6 / self._copy_fit[1]  # bytes per ms -> GB/s
 
     def copy_ms(self, nbytes: int | np.ndarray) -> float | np.ndarray:
-        return self._copy_fit[0] + np.asarray(nbytes, float) * self._copy_fit[1]
+        """Piecewise-linear in bytes through the measured table (exact at measured sizes, e.g. one expert);
+        outside it, the least-squares ``latency + bytes / bandwidth`` line."""
+        b = np.asarray(nbytes, float)
+        xs = np.array([p[0] for p in self.copy_table], float)
+        ys = np.array([p[1] for p in self.copy_table], float)
+        line = self._copy_fit[0] + b * self._copy_fit[1]
+        inside = (b >= xs[0]) & (b <= xs[-1])
+        return np.where(inside, np.interp(b, xs, ys), line)
 
     def ffn_ms(self, model: str, tokens: int | np.ndarray) -> np.ndarray:
         if model not in self.ffn_tables:

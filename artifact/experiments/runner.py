@@ -215,7 +215,10 @@ def run_grid(grid: Grid, out_dir: str | os.PathLike, hardware: str | HardwarePro
         bar.update(len(new_rows))
 
     engine_tasks = [t for t in tasks.values() if t[0].executor == "engine"]
-    sim_tasks = [t for t in tasks.values() if t[0].executor == "simulator"]
+    # Longest first (planning grows with batch and steps; per_item serves items one by one), so the worker pool
+    # does not end waiting on one big task.
+    sim_tasks = sorted((t for t in tasks.values() if t[0].executor == "simulator"),
+                       key=lambda t: -(t[0].batch * t[0].steps * (8 if t[0].protocol == "per_item" else 1)))
     n_jobs = jobs if jobs is not None else max(1, min(len(sim_tasks), os.cpu_count() or 1))
     if sim_tasks:
         if n_jobs > 1:

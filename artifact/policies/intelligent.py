@@ -78,6 +78,7 @@ class IntelligentDedup(Strategy):
         host = hw.host_issue_us if hw is not None else {}
         fixed_us = host.get("nonmoe_us", 0.0) + host.get("compute_us", 0.0)
         self._host_ms = (fixed_us / 1e3, host.get("use_us", 0.0) / 1e3)
+        self._compute_cache: dict = {}
         eviction.strategy = self
 
     def observe(self, g):
@@ -143,8 +144,8 @@ class IntelligentDedup(Strategy):
         L, E = ctx.L, ctx.E
         gl = gids // E
         d = ((gl - g % L - 1) % L) + 1
-        p = self.counts[gl, gids % E] / self.tokens[gl]
-        q = np.clip(1.0 - (1.0 - np.clip(p, 1e-9, 1.0)) ** self.batch_tokens, 1e-9, 1.0)
+        p = np.minimum(self.counts[gl, gids % E] / self.tokens[gl], 1.0)
+        q = np.maximum(1.0 - (1.0 - p) ** self.batch_tokens, 1e-9)
         f = q
         if self.next_layer >= 0:
             nxt = gl == self.next_layer
@@ -183,16 +184,20 @@ class IntelligentDedup(Strategy):
         the hardware profile: the time the link would idle without prefetches."""
         ctx = self.ctx
         uniq, _ = ctx.unique(g)
-        n = uniq.shape[0]
-        tok = self.batch_tokens * ctx.K
-        name = ctx.model.name
-        try:
-            t = float(self.hw.compute_ms(name, np.array([n]), np.array([tok]))[0])
-            t += float(self.hw.nonmoe_ms(self.batch_tokens, name))
-        except KeyError:  # no timings for this expert shape: no window, only near-certain prefetches
-            return 0.0
-        host_fixed, host_use = self._host_ms
-        return max(t, host_fixed + host_use * n)
+        key = (uniq.shape[0], self.batch_tokens)
+        t = self._compute_cache.get(key)
+        if t is None:
+            n, tok = key
+            name = ctx.model.name
+            try:
+                t = float(self.hw.compute_ms(name, np.array([n]), np.array([tok * ctx.K]))[0])
+                t += float(self.hw.nonmoe_ms(tok, name))
+                host_fixed, host_use = self._host_ms
+                t = max(t, host_fixed + host_use * n)
+            except KeyError:  # no timings for this expert shape: no window, only near-certain prefetches
+                t = 0.0
+            self._compute_cache[key] = t
+        return t
 
     def admit(self, gids, targets, victims, g):
         """A prefetch for the next layer-step is worth its victim when it is likelier to be used at its visit

@@ -110,6 +110,8 @@ class MultiLookAhead(Strategy):
         super().__init__(ctx, eviction)
         self.depth = depth
         self.trans = np.zeros((ctx.L, ctx.E, ctx.E), np.float64)  # [L, E, E]: l -> l+1 counts
+        self.norm = np.zeros_like(self.trans)  # row-normalised, refreshed lazily (once per layer per step)
+        self.dirty = np.zeros(ctx.L, bool)
         self._prev: np.ndarray | None = None
 
     def observe(self, g):
@@ -117,23 +119,31 @@ class MultiLookAhead(Strategy):
         layer = g % ctx.L
         cur = ctx.routing(g)  # [T, K]
         if layer > 0 and self._prev is not None:
-            src = np.repeat(self._prev[:, 0], cur.shape[1])
-            np.add.at(self.trans[layer - 1], (src, cur.reshape(-1)), 1.0)
+            src = np.repeat(self._prev[:, 0].astype(np.int64), cur.shape[1])
+            E = ctx.E
+            self.trans[layer - 1] += np.bincount(src * E + cur.reshape(-1), minlength=E * E).reshape(E, E)
+            self.dirty[layer - 1] = True
         self._prev = cur
+
+    def _normalised(self, m: int) -> np.ndarray:
+        if self.dirty[m]:
+            t = self.trans[m]
+            rows = t.sum(axis=1, keepdims=True)
+            np.divide(t, rows, out=self.norm[m], where=rows > 0)
+            self.dirty[m] = False
+        return self.norm[m]
 
     def prefetch(self, g):
         ctx = self.ctx
         layer = g % ctx.L
         cur = ctx.routing(g)
         items, _ = ctx.step_meta(g // ctx.L)
-        dist = np.zeros((cur.shape[0], ctx.E))
-        dist[np.arange(cur.shape[0]), cur[:, 0]] = 1.0
         out_g, out_t, out_c = [], [], []
+        dist = None
         for m in range(layer + 1, min(layer + 1 + self.depth, ctx.L)):
-            t = self.trans[m - 1]
-            rows = t.sum(axis=1, keepdims=True)
-            tn = np.divide(t, rows, out=np.zeros_like(t), where=rows > 0)
-            dist = dist @ tn  # [T, E]: each token's predicted distribution over layer m's experts
+            tn = self._normalised(m - 1)
+            # [T, E]: each token's predicted distribution over layer m's experts (the first hop is a row lookup)
+            dist = tn[cur[:, 0]] if dist is None else dist @ tn
             if not dist.any():
                 break
             top = _top_k(dist, ctx.K)

@@ -373,7 +373,13 @@ def oracle_plan(workload: Workload, cache_experts: int, protocol: str, seed: int
         except ValueError:  # cannot run at this cache size (e.g. per-layer slots below top-k): not a candidate
             continue
     best, best_ms = None, float("inf")
-    for name, p in cands.items():
+    t_copy = float(hw.copy_ms(workload.model.expert_bytes))
+    # Fewest loads first: a plan whose copies alone (one link, back to back) take longer than the best so far
+    # cannot win, and is not simulated.
+    for name in sorted(cands, key=lambda n: cands[n].num_loads):
+        p = cands[name]
+        if p.num_loads * t_copy >= best_ms:
+            continue
         h = p if name == "aggressive_min" else hoist_loads(p)
         ms = simulate(h, workload, hw).total_ms
         if ms < best_ms - 1e-9:

@@ -17,7 +17,7 @@ def _install(session: nox.Session, extras: str) -> None:
     if isinstance(session.virtualenv, nox.virtualenv.PassthroughEnv):
         return  # --no-venv: the environment already has the dependencies
     session.install(TORCH)
-    session.install("-e", f".[{extras}]")
+    session.install("-e", f".[{extras}]" if extras else ".")
 
 
 @nox.session
@@ -42,3 +42,20 @@ def bench(session: nox.Session) -> None:
     """
     _install(session, "test")
     session.run("python", "-m", "pytest", "benchmarks", *session.posargs)
+
+
+@nox.session
+def reproduce(session: nox.Session) -> None:
+    """The main job: on a GPU calibrate it, run the GPU checks and the engine grid; simulate every grid; build the
+    report. Writes out/reproduce/ (REPORT.md, figures/, raw/, hardware/); options after -- go to
+    ``python -m artifact reproduce`` (e.g. ``-- --out results`` to regenerate the committed results on a GPU)."""
+    _install(session, "")
+    session.run("python", "-m", "artifact", "reproduce", *session.posargs)
+
+
+@nox.session
+def report(session: nox.Session) -> None:
+    """Rebuild results/REPORT.md and results/figures/ from results/raw/*.csv and results/hardware/*.json alone
+    (``-- --results DIR`` for another folder). Two runs give identical files."""
+    _install(session, "")
+    session.run("python", "-m", "artifact", "report", *session.posargs)

@@ -115,7 +115,7 @@ def models_grid(quick: bool = False) -> Grid:
     return Grid("models", ("E7",), tuple(pts), "other model presets, synthetic workloads, simulator")
 
 
-def cpu_engine_grid() -> Grid:
+def cpu_engine_grid(quick: bool = False) -> Grid:
     ws = WorkloadSpec(DEFAULT_MODEL, None, DEFAULT_SEQUENCES, DEFAULT_TOKENS, 0)
     pts = [Point("cpu_engine", DEFAULT_MODEL, ws, b, DEFAULT_CACHE, "batched", s, 4, "engine", 1, SWITCH_MINI)
            for b in (1, 8) for s in _strategies()]

@@ -64,7 +64,7 @@ def reproduce(out: str | Path = "out/reproduce", quick: bool = False, device: st
             profile = load_profile(hardware) if hardware else H200
             save_profile(profile, hw_dir / f"{profile.name}.json")
         _stage(f"no CUDA: the simulator runs on profile {profile.name}; a CPU engine check stands in for E5", t0)
-        run_grid(grids.cpu_engine_grid(), raw, profile, device="cpu")
+        run_grid(grids.cpu_engine_grid(quick), raw, profile, device="cpu")
     _stage("E1-E4, E6: simulator grid", t0)
     run_grid(grids.sim_grid(quick), raw, profile, jobs=jobs)
     _stage("E7: other model presets", t0)

@@ -110,8 +110,9 @@ def _trace(ws):
     return load_trace(ws)
 
 
-def _sim_task(points: list[Point], hardware: str | HardwareProfile, env: dict) -> list[dict]:
-    hw = load_profile(hardware) if isinstance(hardware, str) else hardware
+def _run_task(points: list[Point], hw: HardwareProfile, env: dict, execute) -> list[dict]:
+    """Rows of one task: one workload (and its request tables) shared by its points, the plans handed on so the
+    oracle reuses them. ``execute(workload, point, requests, plans) -> (metrics, plan)``."""
     p0 = points[0]
     w = make_workload(p0.workload, p0.batch, p0.steps, _trace(p0.workload))
     req = build_requests(w)
@@ -120,7 +121,7 @@ def _sim_task(points: list[Point], hardware: str | HardwareProfile, env: dict) -
     for p in points:
         row = _base_row(p, hw, env)
         try:
-            metrics, plan = simulate_one(w, p.strategy, p.cache_experts, p.protocol, p.workload.seed, hw, req, plans)
+            metrics, plan = execute(w, p, req, plans)
         except ValueError as exc:  # a configuration that cannot run: a row of NaN, never a crash of the grid
             row.update({k: float("nan") for k in ("latency_ms_per_step", "loads", "hits")}, note=str(exc))
             rows.append(row)
@@ -129,10 +130,25 @@ def _sim_task(points: list[Point], hardware: str | HardwareProfile, env: dict) -
         metrics.pop("hardware", None)
         row.update(metrics)
         row["layers"] = w.layers
-        row["latency_ms_per_step_min"] = row["latency_ms_per_step_max"] = row["latency_ms_per_step"]
         row["cache_experts"] = plan.cache_experts
+        if "wall_ms_per_step_median" in metrics:  # engine: the median wall time over repeats, min and max beside
+            row["latency_ms_per_step"] = metrics["wall_ms_per_step_median"]
+            row["latency_ms_per_step_min"] = metrics["wall_ms_per_step_min"]
+            row["latency_ms_per_step_max"] = metrics["wall_ms_per_step_max"]
+            row["peak_device_bytes"] = metrics.get("engine_peak_device_bytes", "")
+        else:  # simulator: deterministic, one run
+            row["latency_ms_per_step_min"] = row["latency_ms_per_step_max"] = row["latency_ms_per_step"]
         rows.append(row)
     return rows
+
+
+def _sim_task(points: list[Point], hardware: str | HardwareProfile, env: dict) -> list[dict]:
+    hw = load_profile(hardware) if isinstance(hardware, str) else hardware
+
+    def execute(w, p, req, plans):
+        return simulate_one(w, p.strategy, p.cache_experts, p.protocol, p.workload.seed, hw, req, plans)
+
+    return _run_task(points, hw, env, execute)
 
 
 class _EngineCache:
@@ -157,34 +173,15 @@ class _EngineCache:
 def _engine_task(points: list[Point], hw: HardwareProfile, env: dict, engines: _EngineCache) -> list[dict]:
     from artifact.experiments.runs import engine_one
 
-    p0 = points[0]
-    w = make_workload(p0.workload, p0.batch, p0.steps, _trace(p0.workload))
-    exec_model = p0.engine_model if p0.engine_model is not None else w.model
-    req = build_requests(w)
-    plans: dict = {}
-    rows = []
-    for p in points:
-        row = _base_row(p, hw, env)
-        try:
-            eng = engines.get(exec_model, exec_model.total_experts)
-            metrics, plan, _ = engine_one(w, p.strategy, p.cache_experts, p.protocol, p.workload.seed, hw,
-                                          device=engines.device, repeats=p.repeats, engine=eng, requests=req,
-                                          plans=plans, engine_model=p0.engine_model)
-        except ValueError as exc:
-            row.update({k: float("nan") for k in ("latency_ms_per_step", "loads", "hits")}, note=str(exc))
-            rows.append(row)
-            continue
-        plans[p.strategy] = plan
-        metrics.pop("hardware", None)
-        row.update(metrics)
-        row["layers"] = w.layers
-        if "wall_ms_per_step_median" in metrics:
-            row["latency_ms_per_step"] = metrics["wall_ms_per_step_median"]
-            row["latency_ms_per_step_min"] = metrics["wall_ms_per_step_min"]
-            row["latency_ms_per_step_max"] = metrics["wall_ms_per_step_max"]
-        row["peak_device_bytes"] = metrics.get("engine_peak_device_bytes", "")
-        rows.append(row)
-    return rows
+    def execute(w, p, req, plans):
+        exec_model = p.engine_model if p.engine_model is not None else w.model
+        eng = engines.get(exec_model, exec_model.total_experts)
+        metrics, plan, _ = engine_one(w, p.strategy, p.cache_experts, p.protocol, p.workload.seed, hw,
+                                      device=engines.device, repeats=p.repeats, engine=eng, requests=req,
+                                      plans=plans, engine_model=p.engine_model)
+        return metrics, plan
+
+    return _run_task(points, hw, env, execute)
 
 
 def run_grid(grid: Grid, out_dir: str | os.PathLike, hardware: str | HardwareProfile = "h200", jobs: int | None = None,

@@ -89,7 +89,7 @@ def engine_one(w: Workload, strategy: str, cache_experts: int, protocol: str = "
         plan = replace(planned, model=engine_model)
     need = plan.cache_experts
     eng = engine if engine is not None and engine.cache_experts >= need else OffloadEngine(
-        w.model, need, device=device, dtype=dtype, seed=seed)
+        w_exec.model, need, device=device, dtype=dtype, seed=seed)
     # Lean runs (only the events dependencies need): per-op timeline events would add host time to what is timed.
     _, tl = eng.run(plan, w_exec, repeats=repeats, warmup=warmup, timeline=timeline)
     row = run_metrics(plan, tl, w.num_tokens)

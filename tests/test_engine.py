@@ -354,6 +354,17 @@ def test_every_strategy_through_engine(protocol):
         out, tl = eng.run(plan, wl, warmup=0)
         assert max_rel_error(out, ref[:out.shape[0]]) <= TOL, name
         assert tl.info["loads"] == plan.num_loads, name
+        # Same decisions everywhere: the engine's requests, hits, loads and bytes equal the simulator's.
+        from artifact.runtime.metrics import run_metrics
+        from artifact.runtime.simulator import simulate
+
+        on_engine = run_metrics(plan, tl, wl.num_tokens)
+        on_sim = run_metrics(plan, simulate(plan, wl, TEST_HW), wl.num_tokens)
+        for key in ("requests", "unique_requests", "hits", "demand_loads", "loads", "bytes_h2d", "prefetch_issued",
+                    "prefetch_used", "prefetch_wasted"):
+            assert on_engine[key] == on_sim[key], (name, key)
+        assert tl.info["bytes_h2d"] == on_sim["bytes_h2d"], name  # bytes the engine really copied
+        assert on_engine["executor"] == "engine" and on_sim["executor"] == "simulator"
 
 
 # ---------------------------------------------------------------------------------------------------------------

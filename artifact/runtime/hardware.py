@@ -194,15 +194,17 @@ H200 = HardwareProfile(
     source="FACTS.md section 1 (H200 measurements of 2026-11-29)",
 )
 
-# NVIDIA A100 40GB PCIe, PCIe Gen4 x16: pinned H2D ~24.5 GB/s sustained for large copies, as measured by CUDA's
-# bandwidthTest on A100 PCIe systems (NVIDIA A100 Tensor Core GPU Architecture whitepaper gives PCIe Gen4 x16 as
-# 31.5 GB/s per direction raw; ~78% is the usual pinned efficiency). Latency ~10 us per copy. Compute figures are the
-# H200's scaled by the dense bf16 peak ratio where bandwidth-bound is unlikely (our assumption: launch-bound small
-# FFNs take the same time; large ones 3.2x longer, 989/312 TFLOPS).
+# NVIDIA A100 PCIe, PCIe Gen4 x16: modelled, not measured. Link: PCIe Gen4 x16 carries 16 GT/s x 16 lanes with
+# 128b/130b coding = 31.5 GB/s per direction (PCI-SIG PCIe 4.0 base specification); we assume the same share of it
+# that our engine's pinned copies reached on the H200's PCIe Gen5 x16 link (55.6 of 63.0 GB/s = 88%, calibrated
+# 2026-11-29, results/hardware/h200.json): 27.8 GB/s, 10 us per copy. Compute: the FACTS.md H200 figures, launch-bound
+# small FFNs taking the same time and large ones 3.2x longer (dense bf16 peaks 989 vs 312 TFLOPS, NVIDIA datasheets).
+_A100_GBPS = 31.5 * 55.6 / 63.0
 A100_PCIE = HardwareProfile(
     name="a100-pcie4",
-    description="NVIDIA A100 PCIe, PCIe Gen4 x16 (modelled from published figures, not measured here)",
-    copy_table=((_gb(2.5), 0.010 + _gb(2.5) / 24.5e6), (_gb(336.0), 0.010 + _gb(336.0) / 24.5e6)),
+    description="NVIDIA A100 PCIe, PCIe Gen4 x16 (modelled from the link rate and the H200's measured copy "
+                "efficiency; not measured)",
+    copy_table=tuple((_gb(mb), 0.010 + _gb(mb) / (_A100_GBPS * 1e6)) for mb in (2.5, 336.0)),
     ffn_tables={
         "switch-base-128": ((1, 0.10), (4096, 0.12)),
         "mixtral-8x7b": ((1, 0.20), (64, 0.22), (512, 0.99), (4096, 7.0)),
@@ -211,7 +213,7 @@ A100_PCIE = HardwareProfile(
         "deepseek-v2-lite": ((1, 0.10), (4096, 0.50)),
     },
     nonmoe_table=((1, 0.06), (4096, 0.10)),
-    source="PCIe Gen4 x16 pinned-copy figure and A100 datasheet; see hardware.py",
+    source="PCI-SIG PCIe 4.0 link rate x the H200's measured pinned-copy efficiency; NVIDIA A100/H200 datasheets",
 )
 
 PROFILES: dict[str, HardwareProfile] = {"h200-facts": H200, "a100-pcie4": A100_PCIE}

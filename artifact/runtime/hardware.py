@@ -88,30 +88,9 @@ class HardwareProfile:
         ys = np.log2(np.asarray(tab["tokens"], float))
         z = np.asarray(tab["ms"], float)  # [len(experts), len(tokens)]
         # Beyond the grid: more experts than measured scale linearly from the largest group; more tokens per expert
-        # scale linearly in tokens from the largest measured count.
-        n_top = 2.0 ** xs[-1]
-        scale = np.where(n > n_top, n / n_top, 1.0)
-        n_in = np.minimum(n, n_top)
-        per = tok / n
-        t_top = 2.0 ** ys[-1]
-        tscale = np.where(per > t_top, per / t_top, 1.0)
-        per_in = np.minimum(per, t_top)
-        x = np.clip(np.log2(n_in), xs[0], xs[-1])
-        y = np.clip(np.log2(per_in), ys[0], ys[-1])
-        i = np.clip(np.searchsorted(xs, x, side="right") - 1, 0, max(len(xs) - 2, 0))
-        j = np.clip(np.searchsorted(ys, y, side="right") - 1, 0, max(len(ys) - 2, 0))
-        if len(xs) == 1:
-            fx = np.zeros_like(x)
-            i1 = i
-        else:
-            fx = (x - xs[i]) / (xs[i + 1] - xs[i])
-            i1 = i + 1
-        if len(ys) == 1:
-            fy = np.zeros_like(y)
-            j1 = j
-        else:
-            fy = (y - ys[j]) / (ys[j + 1] - ys[j])
-            j1 = j + 1
+        # scale linearly in tokens from the largest measured count. Inside: bilinear in log2 of both.
+        i, i1, fx, scale = _grid_axis(xs, n)
+        j, j1, fy, tscale = _grid_axis(ys, tok / n)
         v = (z[i, j] * (1 - fx) * (1 - fy) + z[i1, j] * fx * (1 - fy) + z[i, j1] * (1 - fx) * fy + z[i1, j1] * fx * fy)
         return v * scale * tscale
 
@@ -141,6 +120,18 @@ class HardwareProfile:
                        host_issue_us={k: float(v) for k, v in d.get("host_issue_us", {}).items()})
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"hardware profile {origin}: bad or missing field ({type(exc).__name__}: {exc})") from None
+
+
+def _grid_axis(grid_log2: np.ndarray, v: np.ndarray) -> tuple:
+    """Bracketing indices, interpolation weight and beyond-the-grid linear scale of values ``v`` on a log2 grid."""
+    top = 2.0 ** grid_log2[-1]
+    scale = np.where(v > top, v / top, 1.0)
+    x = np.clip(np.log2(np.minimum(v, top)), grid_log2[0], grid_log2[-1])
+    if len(grid_log2) == 1:
+        zero = np.zeros(x.shape, np.int64)
+        return zero, zero, np.zeros_like(x), scale
+    i = np.clip(np.searchsorted(grid_log2, x, side="right") - 1, 0, len(grid_log2) - 2)
+    return i, i + 1, (x - grid_log2[i]) / (grid_log2[i + 1] - grid_log2[i]), scale
 
 
 def _check_compute_tables(tabs: dict, origin: str) -> dict:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from artifact.models import ModelSpec, get_model
+from artifact.models import ModelSpec
 from artifact.runtime.hardware import HardwareProfile, load_profile
 from artifact.runtime.metrics import run_metrics
 from artifact.runtime.requests import Requests, build_requests
@@ -108,7 +108,3 @@ def engine_one(w: Workload, strategy: str, cache_experts: int, protocol: str = "
         row["wall_ms_per_step_min"] = float(np.min(reps)) / plan.steps
         row["wall_ms_per_step_max"] = float(np.max(reps)) / plan.steps
     return row, planned, tl
-
-
-def model_spec(name: str) -> ModelSpec:
-    return get_model(name)

@@ -172,21 +172,6 @@ class Belady(EvictionPolicy):
         idx = np.searchsorted(self._gid[a:b], gids) + a
         return self._next[idx]
 
-    def next_need(self, gids: np.ndarray, g: int) -> np.ndarray:
-        """Next layer-step >= g needing each gid, for gids not necessarily needed at g (slower path)."""
-        out = np.full(gids.shape[0], NEVER, np.int64)
-        L = self.ctx.L
-        for i, gid in enumerate(gids.tolist()):
-            layer = gid // self.ctx.E
-            first = g + ((layer - g % L) % L)
-            for h in range(first, self.ctx.req.layer_steps, L):
-                a, b = self._off[h], self._off[h + 1]
-                j = np.searchsorted(self._gid[a:b], gid) + a
-                if j < b and self._gid[j] == gid:
-                    out[i] = h
-                    break
-        return out
-
     def on_load(self, slots, gids, g, targets=None) -> None:
         if targets is None:  # demand load: on_use follows at once and sets the key
             return

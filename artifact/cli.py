@@ -41,12 +41,12 @@ def _workload(args):
 
 
 def _print_row(row: dict, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(row, sort_keys=False))
+    if as_json:  # strict JSON: what was not measured is null (the row says why), never NaN or Infinity
+        print(json.dumps(row, sort_keys=False, allow_nan=False))
         return
     width = max(len(k) for k in row)
     for k, v in row.items():
-        print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+        print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {'-' if v is None else v}")
 
 
 def cmd_simulate(args) -> int:
@@ -105,12 +105,13 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from artifact.policies.registry import STRATEGIES
+    from artifact.planner import strategies
 
-    width = max(len(n) for n in STRATEGIES)
-    for s in STRATEGIES.values():
+    table = strategies()
+    width = max(len(n) for n in table)
+    for s in table.values():
         print(f"{s.name:<{width}}  {s.summary}  [source: {s.source}; predictor: {s.predictor}; "
-              f"eviction: {s.eviction}; sees: {s.access}]")
+              f"eviction: {s.eviction}; sees: {s.sees}; {s.role}; module {s.module}]")
     return 0
 
 
@@ -235,9 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     # 100x slowdown was seen on 2 cores). Set before numpy is first imported; a user's own setting wins.
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
+    from artifact.core.errors import Unrunnable
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except Unrunnable as exc:
+        print(f"error: this configuration cannot run: {exc}", file=sys.stderr)
+        return 2
     except (ValueError, KeyError, FileNotFoundError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {msg}", file=sys.stderr)

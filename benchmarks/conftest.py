@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from artifact.core.metrics import count_metrics
+from artifact.core.requests import Requests, build_requests
 from artifact.experiments.runs import DEFAULT_SEQUENCES, DEFAULT_TOKENS
 from artifact.runtime.hardware import HardwareProfile, load_profile
-from artifact.runtime.metrics import count_metrics
-from artifact.runtime.requests import Requests, build_requests
 from artifact.traces.workload import Workload, decode_workload
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

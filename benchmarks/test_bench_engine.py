@@ -22,9 +22,9 @@ import torch
 
 from artifact.experiments.grids import BATCHES, DEFAULT_CACHE, DEFAULT_MODEL, ENGINE_STEPS, SWITCH_MINI
 from artifact.models import get_model
-from artifact.policies.registry import STRATEGIES
+from artifact.planner import plan as _plan
+from artifact.planner import strategies
 from artifact.runtime.engine import OffloadEngine
-from artifact.runtime.scheduler import schedule
 from artifact.runtime.simulator import simulate
 
 ROUNDS = 3
@@ -88,11 +88,11 @@ def _bench_engine(benchmark, record_counts, engine, plan, workload, hw) -> None:
 @needs_cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize("batch", BATCHES, ids=lambda b: f"B{b}")
-@pytest.mark.parametrize("strategy", list(STRATEGIES))
+@pytest.mark.parametrize("strategy", list(strategies()))
 def test_engine_gpu(benchmark, record_counts, cuda_engine, switch_workloads, hardware, strategy, batch):
     benchmark.group = f"engine (GPU), switch-base-128, B={batch:02d}, C={DEFAULT_CACHE}, {ENGINE_STEPS} steps"
     p = switch_workloads.get(batch, ENGINE_STEPS)
-    plan = schedule(p.workload, strategy, DEFAULT_CACHE, "batched", requests=p.requests, hardware=hardware)
+    plan = _plan(p.workload, strategy, DEFAULT_CACHE, "batched", 0, hardware, p.requests)
     _bench_engine(benchmark, record_counts, cuda_engine, plan, p.workload, hardware)
 
 
@@ -105,8 +105,7 @@ def test_engine_cpu_mini(benchmark, record_counts, cpu_engine, switch_workloads,
     """The engine's timing path on the CPU: switch routing, scaled-down experts (d_model 64, d_ff 256, fp32)."""
     benchmark.group = f"engine (CPU, {SWITCH_MINI.name} experts), B={CPU_BATCH}, {CPU_STEPS} steps"
     switch = switch_workloads.get(CPU_BATCH, CPU_STEPS)
-    planned = schedule(switch.workload, CPU_STRATEGY, DEFAULT_CACHE, "batched", requests=switch.requests,
-                       hardware=hardware)
+    planned = _plan(switch.workload, CPU_STRATEGY, DEFAULT_CACHE, "batched", 0, hardware, switch.requests)
     mini = switch_workloads.get(CPU_BATCH, CPU_STEPS, model=SWITCH_MINI).workload
     plan = replace(planned, model=SWITCH_MINI)
     _bench_engine(benchmark, record_counts, cpu_engine, plan, mini, hardware)

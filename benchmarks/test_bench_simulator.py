@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import pytest
 
+from artifact.core.metrics import time_metrics
 from artifact.experiments.grids import BATCHES, DEFAULT_CACHE, SIM_STEPS, sim_grid
 from artifact.experiments.runs import simulate_one
-from artifact.policies.registry import STRATEGIES
-from artifact.runtime.metrics import time_metrics
-from artifact.runtime.scheduler import schedule
+from artifact.planner import plan as _plan
+from artifact.planner import strategies
 from artifact.runtime.simulator import simulate
 
 STEPS = 64  # decode steps per case: the quick grid's; enough to reach steady state, small enough for CI
@@ -27,7 +27,7 @@ CACHE_STRATEGIES = ("on_demand", "mixtral_offloading", "intelligent_dedup", "bel
 def _plan_and_simulate(prepared, strategy: str, cache: int, hw):
     w, req = prepared.workload, prepared.requests
     # The oracle alone plans every candidate it chooses from (no plans given): its standalone cost.
-    plan = schedule(w, strategy, cache, "batched", seed=0, requests=req, hardware=hw)
+    plan = _plan(w, strategy, cache, "batched", 0, hw, req)
     return plan, simulate(plan, w, hw)
 
 
@@ -41,7 +41,7 @@ def _bench_one(benchmark, record_counts, prepared, strategy: str, cache: int, hw
 
 
 @pytest.mark.parametrize("batch", BATCHES, ids=lambda b: f"B{b}")
-@pytest.mark.parametrize("strategy", list(STRATEGIES))
+@pytest.mark.parametrize("strategy", list(strategies()))
 def test_plan_simulate(benchmark, record_counts, switch_workloads, hardware, strategy, batch):
     """Every registered strategy x batch 1..64, the default cache (128 slots), 64 steps."""
     benchmark.group = f"plan+simulate, switch-base-128, B={batch:02d}, C={DEFAULT_CACHE}, {STEPS} steps"
@@ -63,7 +63,7 @@ def test_simulator_throughput(benchmark, record_counts, switch_workloads, hardwa
     longest the grid asks for.
     """
     p = switch_workloads.get(64, SIM_STEPS)
-    plan = schedule(p.workload, "prefetch_all", DEFAULT_CACHE, "batched", requests=p.requests, hardware=hardware)
+    plan = _plan(p.workload, "prefetch_all", DEFAULT_CACHE, "batched", 0, hardware, p.requests)
     tl = benchmark.pedantic(simulate, args=(plan, p.workload, hardware), rounds=10, iterations=1, warmup_rounds=1)
     ops = plan.num_loads + plan.num_computes + plan.layer_steps
     record_counts(benchmark, plan, simulated_ms=tl.total_ms, operations=ops)
@@ -75,12 +75,13 @@ def test_simulator_throughput(benchmark, record_counts, switch_workloads, hardwa
 
 def test_e1_grid_point(benchmark, switch_workloads, hardware):
     """One point of the E1 grid as the grid runs it: every strategy at batch 64, cache 128, 256 steps, seed 0, in
-    the grid's order (the oracle last, reusing the other strategies' plans), each planned, simulated and turned
+    the grid's order (the oracle after belady, reusing its plan), each planned, simulated and turned
     into its metrics row. The workload and its request tables are built beforehand (the grid builds them once per
     task too)."""
     points = [p for p in sim_grid().points if p.batch == 64 and p.cache_experts == DEFAULT_CACHE
               and p.protocol == "batched" and p.workload.seed == 0]
-    assert [p.strategy for p in points][-1] == "oracle" and len(points) == len(STRATEGIES)
+    names = [p.strategy for p in points]
+    assert names.index("belady") < names.index("oracle") and len(points) == len(strategies())
     prepared = switch_workloads.get(64, points[0].steps)
 
     def grid_point() -> dict:

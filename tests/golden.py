@@ -1,7 +1,8 @@
-"""Golden loads: every strategy at three cache sizes on the small trace committed in ``tests/data``.
+"""Golden loads: every strategy at three cache sizes on the small trace committed in ``tests/data``, planned on the
+calibrated H200 profile (``results/hardware/h200.json``: the oracle and the flagship read its static figures).
 
-A changed golden is a reviewed change, never an automatic one: ``python -m tests.golden`` prints the current
-numbers as JSON; paste them into ``tests/golden_loads.json`` only after reading why they moved.
+A changed golden is a reviewed change, never an automatic one: ``python -m tests.golden > tests/golden_loads.json``
+regenerates them; commit the new file only after reading why they moved.
 """
 
 from __future__ import annotations
@@ -9,11 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from artifact.policies.registry import STRATEGIES
-from artifact.runtime.hardware import H200
-from artifact.runtime.metrics import count_metrics
-from artifact.runtime.requests import build_requests
-from artifact.runtime.scheduler import schedule
+from artifact.core.errors import Unrunnable
+from artifact.core.metrics import count_metrics
+from artifact.core.requests import build_requests
+from artifact.planner import plan, strategies
+from artifact.runtime.hardware import load_profile
 from artifact.traces.trace import load
 from artifact.traces.workload import decode_workload
 
@@ -22,7 +23,7 @@ TRACE = HERE / "data" / "golden_trace.npz"
 GOLDEN = HERE / "golden_loads.json"
 CACHES = (24, 48, 96)
 BATCH = 4
-PROFILE = H200  # the built-in profile: the oracle and intelligent_dedup read static hardware figures
+PROFILE = load_profile("h200")
 
 
 def current() -> dict:
@@ -32,8 +33,12 @@ def current() -> dict:
     for cache in CACHES:
         for protocol in ("batched", "per_item"):
             plans = {}
-            for name in STRATEGIES:
-                plans[name] = schedule(w, name, cache, protocol, requests=req, hardware=PROFILE, plans=plans)
+            for name in strategies():
+                try:
+                    plans[name] = plan(w, name, cache, protocol, 0, PROFILE, req, belady=plans.get("belady"))
+                except Unrunnable as exc:
+                    out[f"{name}|C{cache}|{protocol}"] = {"refused": str(exc)}
+                    continue
                 m = count_metrics(plans[name])
                 out[f"{name}|C{cache}|{protocol}"] = {k: m[k] for k in ("loads", "hits", "prefetch_issued")}
     return out

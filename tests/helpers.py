@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
+from artifact.core.plan import Plan
+from artifact.core.workload import Workload
 from artifact.models import ModelSpec
-from artifact.runtime.hardware import H200
-from artifact.runtime.plan import Plan
-from artifact.traces.trace import Trace, make_meta
-from artifact.traces.workload import Workload, decode_workload
+from artifact.runtime.hardware import load_profile
+from artifact.traces.synthetic import generate
+from artifact.traces.trace import Trace
+from artifact.traces.workload import decode_workload
 
-# The H200 profile plus FFN timings for the tests' tiny model (launch-bound like Switch's).
-TEST_HW = replace(H200, name="h200-test", ffn_tables=dict(H200.ffn_tables, tiny=((1, 0.1), (4096, 0.1))))
+DATA = Path(__file__).parent / "data"
+# The H200 figures of FACTS.md plus FFN timings for the tests' tiny model (a JSON fixture with its provenance).
+TEST_HW = load_profile(str(DATA / "h200-test.json"))
 
 
 def tiny_model(layers=3, experts=8, top_k=1, activation="relu", dtype="float32", d_model=16, d_ff=32) -> ModelSpec:
@@ -21,27 +24,11 @@ def tiny_model(layers=3, experts=8, top_k=1, activation="relu", dtype="float32",
 
 
 def random_trace(model: ModelSpec, lengths, seed=0, skew=1.0, la_acc=0.7) -> Trace:
-    """Zipf-skewed routing per layer, a lookahead right with probability ``la_acc``, gates."""
-    rng = np.random.default_rng(seed)
-    T = int(sum(lengths))
-    L, E, K = model.moe_layers, model.experts, model.top_k
-    ex = np.empty((T, L, K), np.int16)
-    for layer in range(L):
-        w = 1.0 / np.arange(1, E + 1) ** skew
-        w = w[rng.permutation(E)]
-        gumbel = np.log(w)[None, :] - np.log(-np.log(rng.random((T, E))))
-        ex[:, layer, :] = np.argsort(-gumbel, axis=1)[:, :K]
-    la = ex.copy()
-    wrong = rng.random(la.shape) > la_acc
-    la = np.where(wrong, (la + rng.integers(1, E, la.shape)) % E, la).astype(np.int16)
-    for t in range(T):  # keep each token's predicted top-k distinct
-        for layer in range(L):
-            if len(set(la[t, layer].tolist())) < K:
-                la[t, layer] = ex[t, layer]
-    la[:, 0] = -1
-    gates = np.full((T, L, K), 1.0 / K, np.float16)
-    off = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    return Trace(ex, off, make_meta(model.name, E, "test"), gates, la).validate()
+    """The synthetic generator with given sequence lengths: Zipf(``skew``) routing per layer, its default temporal
+    and cross-layer coupling, a lookahead holding each true expert with probability ``la_acc``, gates."""
+    lengths = [int(n) for n in lengths]
+    return generate(model, len(lengths), max(1, round(sum(lengths) / len(lengths))), seed, lengths=lengths,
+                    popularity_exponent=(skew,), lookahead_accuracy=la_acc, permutation_seed=None)
 
 
 def random_workload(model: ModelSpec, batch: int, n_seq=6, min_len=2, max_len=6, seed=0, steps=None) -> Workload:

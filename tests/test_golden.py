@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 
-from artifact.policies.registry import STRATEGIES
+from artifact.planner import strategies
 from tests.golden import CACHES, GOLDEN, current
 
 
 def test_goldens_cover_every_strategy():
     gold = json.loads(GOLDEN.read_text())
-    for name in STRATEGIES:
+    for name in strategies():
         for cache in CACHES:
             assert f"{name}|C{cache}|batched" in gold and f"{name}|C{cache}|per_item" in gold
 

@@ -19,7 +19,8 @@ from artifact.experiments.runs import WorkloadSpec
 from artifact.experiments.schema import FIELDS
 from artifact.report import tables as T
 from artifact.report.build import build_report, read_raw
-from artifact.runtime.hardware import H200, save_profile
+from artifact.runtime.hardware import load_profile, save_profile
+from tests.helpers import DATA
 
 SIM_STRATEGIES = ("on_demand", "pregated", "expertflow", "topk", "multi_lookahead", "intelligent_dedup", "belady",
                   "gpu_only", "oracle")  # the oracle last: it reuses the other plans of its task, as in grids.py
@@ -49,9 +50,10 @@ def _tiny_grids() -> list[Grid]:
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("results")
-    save_profile(H200, root / "hardware" / f"{H200.name}.json")
+    hw = load_profile(str(DATA / "h200-test.json"))
+    save_profile(hw, root / "hardware" / f"{hw.name}.json")
     for g in _tiny_grids():
-        run_grid(g, root / "raw", hardware=H200, jobs=1, device="cpu", progress=False)
+        run_grid(g, root / "raw", hardware=hw, jobs=1, device="cpu", progress=False)
     return root
 
 

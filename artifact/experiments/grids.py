@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from artifact.experiments.runs import DEFAULT_SEQUENCES, DEFAULT_TOKENS, WorkloadSpec
 from artifact.models import PRESETS, ModelSpec
-from artifact.policies.registry import STRATEGIES
+from artifact.planner import strategies
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64)
 SEEDS = (0, 1, 2)
@@ -67,9 +67,8 @@ class Grid:
 
 
 def _strategies(skip: tuple[str, ...] = ()) -> list[str]:
-    # Every registered strategy; the oracle last, so it reuses every other plan of its task.
-    names = [n for n in STRATEGIES if n not in skip and n != "oracle"]
-    return names + (["oracle"] if "oracle" not in skip else [])
+    # Every registered strategy and bound, in table order; belady comes before the oracle, which reuses its plan.
+    return [n for n in strategies() if n not in skip]
 
 
 def sim_grid(quick: bool = False) -> Grid:

@@ -4,8 +4,8 @@ With a CUDA GPU: calibrate the machine (``hardware/<gpu>.json``), run the GPU ch
 execute the E5 grid on the engine (``raw/engine.csv``), simulate the E1-E4/E6 grid (``raw/sim.csv``) and E7
 (``raw/models.csv``) on the calibrated profile, and build ``REPORT.md`` with its figures.
 
-Without CUDA: the simulator grids on the committed calibrated profile (``results/hardware/h200.json``; the built-in
-FACTS.md profile when there is none), a small engine check on the CPU (``raw/cpu_engine.csv``), and the report,
+Without CUDA: the simulator grids on the committed calibrated profile (``results/hardware/h200.json``), a small
+engine check on the CPU (``raw/cpu_engine.csv``), and the report,
 which says which parts ran where. Simulator rows are deterministic: on the same profile they reproduce the committed
 ones exactly.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from artifact.experiments import grids
 from artifact.experiments.runner import run_grid
-from artifact.runtime.hardware import H200, PROFILE_DIR, load_profile, save_profile
+from artifact.runtime.hardware import PROFILE_DIR, load_profile
 
 
 def _stage(name: str, t0: float) -> None:
@@ -56,13 +56,13 @@ def reproduce(out: str | Path = "out/reproduce", quick: bool = False, device: st
         run_grid(grids.engine_grid(quick), raw, profile, device="cuda")
     else:
         committed = PROFILE_DIR / f"{hardware or 'h200'}.json"
-        if committed.is_file():
-            profile = load_profile(str(committed))
-            if committed.resolve() != (hw_dir / committed.name).resolve():
-                shutil.copyfile(committed, hw_dir / committed.name)
-        else:
-            profile = load_profile(hardware) if hardware else H200
-            save_profile(profile, hw_dir / f"{profile.name}.json")
+        if not committed.is_file():
+            raise FileNotFoundError(f"no CUDA here and no committed hardware profile {committed}: the simulator "
+                                    "times plans on a measured profile (calibrate one on a GPU, or name another "
+                                    "with --hardware)")
+        profile = load_profile(str(committed))
+        if committed.resolve() != (hw_dir / committed.name).resolve():
+            shutil.copyfile(committed, hw_dir / committed.name)
         _stage(f"no CUDA: the simulator runs on profile {profile.name}; a CPU engine check stands in for E5", t0)
         run_grid(grids.cpu_engine_grid(quick), raw, profile, device="cpu")
     _stage("E1-E4, E6: simulator grid", t0)

@@ -24,11 +24,12 @@ from tqdm import tqdm
 
 from artifact import __version__
 from artifact.atomicfile import atomic_write_text
+from artifact.core.errors import Unrunnable
+from artifact.core.requests import build_requests
 from artifact.experiments.grids import Grid, Point
 from artifact.experiments.runs import load_trace, make_workload, simulate_one
 from artifact.experiments.schema import FIELDS
 from artifact.runtime.hardware import HardwareProfile, load_profile
-from artifact.runtime.requests import build_requests
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -88,8 +89,12 @@ def write_rows(path: Path, rows: list[dict]) -> None:
 
 
 def _fmt(v) -> str:
+    if v is None:
+        return ""
     if isinstance(v, float):
-        return "nan" if math.isnan(v) else repr(round(v, 9))
+        if not math.isfinite(v):
+            raise ValueError(f"results row: a non-finite number ({v}) would be written; refusals leave cells empty")
+        return repr(round(v, 9))
     return str(v)
 
 
@@ -122,8 +127,8 @@ def _run_task(points: list[Point], hw: HardwareProfile, env: dict, execute) -> l
         row = _base_row(p, hw, env)
         try:
             metrics, plan = execute(w, p, req, plans)
-        except ValueError as exc:  # a configuration that cannot run: a row of NaN, never a crash of the grid
-            row.update({k: float("nan") for k in ("latency_ms_per_step", "loads", "hits")}, note=str(exc))
+        except Unrunnable as exc:  # a configuration that cannot run: a refusal with its reason, numbers left empty
+            row["note"] = f"refused: {exc}"
             rows.append(row)
             continue
         plans[p.strategy] = plan

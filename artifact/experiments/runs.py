@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from artifact.core.metrics import run_metrics
+from artifact.core.requests import Requests, build_requests
 from artifact.models import ModelSpec
+from artifact.planner import plan as make_plan
 from artifact.runtime.hardware import HardwareProfile, load_profile
-from artifact.runtime.metrics import run_metrics
-from artifact.runtime.requests import Requests, build_requests
-from artifact.runtime.scheduler import schedule
 from artifact.runtime.simulator import simulate
 from artifact.traces import trace as tracefile
 from artifact.traces.workload import Workload, decode_workload
@@ -52,10 +52,11 @@ def make_workload(ws: WorkloadSpec, batch: int, steps: int | None, trace: tracef
 def simulate_one(w: Workload, strategy: str, cache_experts: int, protocol: str = "batched", seed: int = 0,
                  hardware: HardwareProfile | str = "h200", requests: Requests | None = None,
                  plans: dict | None = None) -> tuple[dict, object]:
-    """Plan and simulate; returns (metrics row, plan)."""
+    """Plan and simulate; returns (metrics row, plan). ``plans``: plans of the same task by strategy name (the
+    oracle reuses ``belady``'s)."""
     hw = load_profile(hardware) if isinstance(hardware, str) else hardware
     req = requests if requests is not None else build_requests(w)
-    plan = schedule(w, strategy, cache_experts, protocol, seed=seed, requests=req, hardware=hw, plans=plans)
+    plan = make_plan(w, strategy, cache_experts, protocol, seed, hw, req, belady=(plans or {}).get("belady"))
     tl = simulate(plan, w, hw)
     row = run_metrics(plan, tl, w.num_tokens)
     row["hardware"] = hw.name
@@ -82,7 +83,7 @@ def engine_one(w: Workload, strategy: str, cache_experts: int, protocol: str = "
 
     hw = load_profile(hardware) if isinstance(hardware, str) else hardware
     req = requests if requests is not None else build_requests(w)
-    planned = schedule(w, strategy, cache_experts, protocol, seed=seed, requests=req, hardware=hw, plans=plans)
+    planned = make_plan(w, strategy, cache_experts, protocol, seed, hw, req, belady=(plans or {}).get("belady"))
     plan, w_exec = planned, w
     if engine_model is not None:
         w_exec = replace(w, model=engine_model)
@@ -95,8 +96,9 @@ def engine_one(w: Workload, strategy: str, cache_experts: int, protocol: str = "
     row = run_metrics(plan, tl, w.num_tokens)
     try:
         row["sim_latency_ms_per_step"] = simulate(plan, w_exec, hw).total_ms / plan.steps
-    except KeyError:  # the profile has no timings for this expert shape (e.g. the scaled-down CPU check)
-        row["sim_latency_ms_per_step"] = float("nan")
+    except KeyError as exc:  # the profile has no timings for this expert shape (e.g. the scaled-down CPU check)
+        row["sim_latency_ms_per_step"] = None
+        row["sim_note"] = str(exc.args[0]) if exc.args else str(exc)
     row["hardware"] = hw.name
     for key in ("wall_ms", "peak_device_bytes", "repeats", "ffn_path", "issue_ms"):
         if key in tl.info:

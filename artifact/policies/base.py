@@ -1,35 +1,129 @@
-"""The strategy interface the scheduler drives, and small shared pieces."""
+"""The strategy interface the scheduler drives, and the small pieces several strategies share.
+
+A strategy is one class (one module): its predictor and its eviction together, behind a narrow set of hooks. The
+scheduler calls them in this order for every layer-step ``g`` (layer ``g % L`` of step ``g // L``):
+
+1. ``observe(g)``: the router of ``g`` has run; the strategy may read what is visible now (``ctx.routing(g)``,
+   ``ctx.lookahead(g + 1)``, ...). Every accessor checks the clock of the walk.
+2. For each group of ``g`` (the whole batch, or one item under ``per_item``): the experts not resident need slots;
+   ``evict(candidates, n, g)`` names ``n`` of the candidate slots, in eviction order. Then ``on_fill`` for every
+   demand load and ``on_use`` for every slot the COMPUTE reads.
+3. ``prefetch(g)``: the experts to fetch ahead, most wanted first, as :class:`Prefetch` (or None); each gets a
+   victim from ``evict`` among slots that are neither in use nor protected, ``admit`` may refuse a trade (the
+   scheduler keeps the prefix up to the first refusal), then ``on_fill`` with the target layer-steps.
+
+The cache is seen through ``ctx.cache``, a read-only view (``slot_gid``, ``where``, ``last_read``, ``prefetched``,
+``protected_until``): a strategy keeps its own state in its own fields and never writes the scheduler's.
+``partition(layer)`` restricts the slots an expert of ``layer`` may take (``None``: any) for partitioned caches;
+``slots(requested)`` and ``preload(slots)`` let a strategy shape the cache it runs on (``gpu_only``: every expert,
+all resident from the start).
+
+Keys that decide an eviction are integers (:mod:`artifact.core.select`), so plans are the same on every platform.
+"""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
+
+from artifact.core.select import smallest
+
+
+class Prefetch(NamedTuple):
+    gids: np.ndarray  # int64 [P]: global expert ids, most wanted first
+    targets: np.ndarray  # int64 [P]: layer-step each is fetched for
+    copies: np.ndarray | None = None  # int64 [P]: batch items predicting each (only ``per_item`` reads it)
 
 
 class Strategy:
-    """A predictor (``observe`` / ``prefetch`` / ``admit``) composed with an eviction policy (``eviction``).
+    """Base class: fetch on demand, no prefetch; subclasses add an eviction order (e.g. :class:`Recency`)."""
 
-    - ``observe(g)``: layer-step ``g``'s router has run; learn from what may be seen now.
-    - ``prefetch(g)``: after ``g``'s demand loads and COMPUTE are issued, the experts to fetch ahead, most wanted
-      first: ``(gids, target layer-steps, copies)`` where ``copies`` (or None) is how many batch items predicted each
-      one (used only under the ``per_item`` protocol), or None for no prefetch.
-    - ``admit(gids, targets, victims, g)``: whether each prefetch is worth evicting the paired victim; the scheduler
-      keeps the prefix up to the first refusal. None admits all.
-    """
+    protect_prefetches = True  # a prefetched expert is safe from other prefetches until its target has run
+    batch_aware = False  # dedups across the batch even under the seed's ``per_item`` accounting
 
-    protect_prefetches = True
-
-    def __init__(self, ctx, eviction) -> None:
+    def __init__(self, ctx) -> None:
         self.ctx = ctx
-        self.eviction = eviction
 
+    # --- the cache it runs on -----------------------------------------------------------------------------------
+    @classmethod
+    def slots(cls, requested: int, layers: int, experts: int) -> int:
+        """Device slots this strategy runs with (iso-cache: the requested number)."""
+        return requested
+
+    def preload(self, slots: int) -> np.ndarray:
+        """Global expert ids resident in slots ``0..n-1`` before the first step (none)."""
+        return np.zeros(0, np.int64)
+
+    def partition(self, layer: int) -> np.ndarray | None:
+        """Boolean mask of the slots an expert of ``layer`` may occupy; None: any slot."""
+        return None
+
+    # --- predictor ----------------------------------------------------------------------------------------------
     def observe(self, g: int) -> None:
         pass
 
-    def prefetch(self, g: int):
+    def prefetch(self, g: int) -> Prefetch | None:
         return None
 
     def admit(self, gids: np.ndarray, targets: np.ndarray, victims: np.ndarray, g: int) -> np.ndarray | None:
         return None
+
+    # --- eviction -----------------------------------------------------------------------------------------------
+    def evict(self, cand: np.ndarray, n: int, g: int) -> np.ndarray:
+        raise NotImplementedError(f"{type(self).__name__} names no eviction order")
+
+    def on_fill(self, slots: np.ndarray, gids: np.ndarray, g: int, targets: np.ndarray | None = None) -> None:
+        """``slots`` were filled with ``gids`` at layer-step ``g``: demand loads (``targets`` None) or prefetches."""
+
+    def on_use(self, slots: np.ndarray, gids: np.ndarray, g: int) -> None:
+        """A COMPUTE of layer-step ``g`` read ``slots`` (holding ``gids``)."""
+
+
+class Recency(Strategy):
+    """LRU order: a fill or a read moves the slot to the most-recent end (libCacheSim's LRU)."""
+
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx)
+        self.recent = np.zeros(ctx.C, np.int64)  # [C]: clock of the slot's last fill or read
+        self.clock = 0
+
+    def touch(self, slots: np.ndarray) -> None:
+        n = slots.shape[0]
+        self.recent[slots] = np.arange(self.clock, self.clock + n)
+        self.clock += n
+
+    def evict(self, cand, n, g):
+        return smallest(self.recent, cand, n)
+
+    def on_fill(self, slots, gids, g, targets=None):
+        self.touch(slots)
+
+    def on_use(self, slots, gids, g):
+        self.touch(slots)
+
+
+class Frequency(Recency):
+    """LFU while resident: reads since the expert entered the cache (restarting at 0 on each fill), ties by LRU
+    (libCacheSim's LFU)."""
+
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx)
+        self.count = np.zeros(ctx.C, np.int64)
+        self.key = np.zeros(ctx.C, np.int64)
+
+    def evict(self, cand, n, g):
+        return smallest(self.key, cand, n)
+
+    def on_fill(self, slots, gids, g, targets=None):
+        self.count[slots] = 0
+        self.touch(slots)
+        self.key[slots] = (self.count[slots] << 40) + self.recent[slots]
+
+    def on_use(self, slots, gids, g):
+        self.count[slots] += 1
+        self.touch(slots)
+        self.key[slots] = (self.count[slots] << 40) + self.recent[slots]
 
 
 def ranked(experts: np.ndarray, items: np.ndarray, layer: int, E: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -52,6 +146,13 @@ def ranked(experts: np.ndarray, items: np.ndarray, layer: int, E: int) -> tuple[
     return u[order] + layer * E, c[order], ic[order]
 
 
-def empty_prefetch():
+def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of each row's ``k`` largest scores ``[T, k]`` (order within the k unspecified)."""
+    if k >= scores.shape[1]:
+        return np.tile(np.arange(scores.shape[1]), (scores.shape[0], 1))
+    return np.argpartition(-scores, k - 1, axis=1)[:, :k]
+
+
+def empty_prefetch() -> Prefetch:
     z = np.zeros(0, np.int64)
-    return z, z, None
+    return Prefetch(z, z, None)

@@ -1,99 +1,89 @@
-"""The registry: every strategy is a named composition of a predictor and an eviction policy.
+"""The registry of online strategies: each module registers its own class with :func:`register`.
 
-Adding a strategy is one module (or class) plus one line here; every test and benchmark iterates this table.
+Adding a strategy is one new module in ``artifact/policies/`` (imported by the package, which imports every module
+in it): every grid, test and benchmark iterates this table. Bounds (``belady``, ``oracle``) are not here: they live
+in :mod:`artifact.bounds`, and :mod:`artifact.planner` looks a name up in both.
 
-``access`` says what the strategy may look at (the scheduler enforces it): ``past`` (what a real engine has: the
-past, the current layer's routing, the trace's lookahead for the next layer), ``next_layer`` (the exact routing of
-the next layer: Pre-gated MoE's fine-tuned pre-gate), ``path`` (a whole step's routing degraded to a stated
-accuracy: ExpertFlow's predictor arm) and ``future`` (the bounds).
-``batch_aware``: dedups across the batch even under the seed's ``per_item`` protocol (the seed's own
-Intelligent+Deduplication).
+``sees`` says what a strategy may look at (the scheduler enforces it): ``past`` (what a real engine has: the past,
+the current layer's routing, the trace's lookahead for the next layer), ``next_layer`` (the exact routing of the
+next layer: Pre-gated MoE's fine-tuned pre-gate), ``path`` (a whole step's routing degraded to a stated accuracy:
+ExpertFlow's predictor arm) and ``future`` (the bounds).
+``role``: ``online`` (a strategy a real system could run), ``reference`` (``gpu_only``: no offloading at all),
+``bound`` (needs the future).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from artifact.policies import eviction as ev
-from artifact.policies import predictors as pr
-from artifact.policies.intelligent import ExpectedReuse, IntelligentDedup
+SEES = ("past", "next_layer", "path", "future")
+ROLES = ("online", "reference", "bound")
 
 
 @dataclass(frozen=True)
-class StrategySpec:
+class StrategyInfo:
     name: str
     summary: str
     source: str
     predictor: str
     eviction: str
-    make: Callable  # (ctx, **params) -> Strategy
-    access: str = "past"
-    batch_aware: bool = False
+    factory: Callable | None = None  # (ctx, **params) -> Strategy, driven by the scheduler
+    planner: Callable | None = None  # a bound planned by construction (oracle): see artifact.bounds
+    sees: str = "past"
+    role: str = "online"
     needs_lookahead: bool = False
-    bound: bool = False
+    params: dict = field(default_factory=dict)  # fixed parameters given to the factory
+    module: str = ""
+    order: int = 500  # where it stands in every table and legend (the bounds and gpu_only last)
+
+    def __post_init__(self) -> None:
+        if self.sees not in SEES:
+            raise ValueError(f"strategy {self.name}: sees must be one of {SEES}, got {self.sees!r}")
+        if self.role not in ROLES:
+            raise ValueError(f"strategy {self.name}: role must be one of {ROLES}, got {self.role!r}")
+        if (self.factory is None) == (self.planner is None):
+            raise ValueError(f"strategy {self.name}: give exactly one of factory and planner")
+
+    @property
+    def batch_aware(self) -> bool:
+        return bool(getattr(self.factory, "batch_aware", False))
+
+    def make(self, ctx, **params):
+        return self.factory(ctx, **{**self.params, **params})
 
 
-def _mk(predictor, eviction, **fixed):
-    def make(ctx, **params):
-        return predictor(ctx, eviction(ctx), **fixed, **params)
-
-    return make
+STRATEGIES: dict[str, StrategyInfo] = {}
 
 
-def _planned_elsewhere(ctx, **params):
-    raise RuntimeError("gpu_only and oracle are planned by the scheduler itself (see scheduler.py)")
+def register(name: str, summary: str, source: str, predictor: str, eviction: str, *, sees: str = "past",
+             role: str = "online", needs_lookahead: bool = False, params: dict | None = None, order: int = 500,
+             table: dict[str, StrategyInfo] | None = None) -> Callable:
+    """Class decorator: register ``cls`` (a :class:`~artifact.policies.base.Strategy`) under ``name``.
+
+    The same class may be registered under several names with different fixed ``params`` (e.g. Pre-gated MoE's
+    exact pre-gate and its training-free proxy). ``order`` places it in tables and legends (papers' baselines
+    first, then the papers, the deployed policies, the seed's methods, ours). ``table`` defaults to
+    :data:`STRATEGIES`.
+    """
+
+    def deco(cls):
+        reg = STRATEGIES if table is None else table
+        if name in reg:
+            raise ValueError(f"strategy {name!r} is registered twice ({reg[name].module} and {cls.__module__})")
+        reg[name] = StrategyInfo(name, summary, source, predictor, eviction, factory=cls, sees=sees, role=role,
+                                 needs_lookahead=needs_lookahead, params=dict(params or {}), module=cls.__module__,
+                                 order=order)
+        ordered = sorted(reg.values(), key=lambda i: (i.order, i.name))
+        reg.clear()
+        reg.update((i.name, i) for i in ordered)
+        return cls
+
+    return deco
 
 
-_TABLE = [
-    StrategySpec("on_demand", "MoE-OnDemand: fetch an expert when the router picks it",
-                 "Pre-gated MoE artifact baseline (arXiv:2308.12066)", "none", "LRU", _mk(pr.OnDemand, ev.LRU)),
-    StrategySpec("prefetch_all", "MoE-Prefetch: fetch every expert of the next layer",
-                 "SE-MoE; Pre-gated MoE artifact baseline", "all of layer l+1", "LRU", _mk(pr.PrefetchAll, ev.LRU)),
-    StrategySpec("pregated", "Pre-gated MoE as built: the next layer's exact experts, one layer ahead",
-                 "Hwang et al., ISCA 2024, arXiv:2308.12066", "exact layer l+1", "LFU",
-                 _mk(pr.NextLayerSet, ev.LFU, source="exact"), access="next_layer"),
-    StrategySpec("pregated_proxy", "training-free pre-gate: next router on this layer's hidden state",
-                 "mixtral-offloading arXiv:2312.17238; DAOP", "trace lookahead", "LFU",
-                 _mk(pr.NextLayerSet, ev.LFU, source="lookahead"), needs_lookahead=True),
-    StrategySpec("expertflow", "ExpertFlow PLEC: path predictor (true path at a stated accuracy), per-layer slots",
-                 "He et al., arXiv:2410.17954", "path predictor @accuracy", "PLEC",
-                 _mk(pr.ExpertFlowPLEC, pr.PLECEviction), access="path"),
-    StrategySpec("mixtral_offloading", "per-layer LRU slots + speculative next-layer prefetch",
-                 "dvmazur/mixtral-offloading, arXiv:2312.17238", "trace lookahead", "per-layer LRU",
-                 _mk(pr.NextLayerSet, ev.PerLayerLRU, source="lookahead"), needs_lookahead=True),
-    StrategySpec("moe_infinity", "activation-matrix matching, evict lowest visit count",
-                 "EfficientMoE/MoE-Infinity, arXiv:2401.14361", "EAM cosine match", "lowest visit count",
-                 _mk(pr.MoEInfinity, ev.VisitCount)),
-    StrategySpec("topk", "seed's Top-K: most frequent experts of the next layer across the batch",
-                 "seed report (seeds/000), 'Top-K (Ours)'", "per-layer frequency", "LFU",
-                 _mk(pr.TopKFrequency, ev.LFU)),
-    StrategySpec("multi_lookahead", "seed's Multi-Look-Ahead: chained cross-layer transitions",
-                 "seed report (seeds/000), 'Multi-Look-Ahead (Ours)'", "transitions, 2 layers", "LRU",
-                 _mk(pr.MultiLookAhead, ev.LRU)),
-    StrategySpec("intelligent_dedup", "ours: dedup + expected-reuse eviction + admitted lookahead prefetch",
-                 "this artifact (the seed's Intelligent+Deduplication, redesigned)", "lookahead, admitted",
-                 "expected time to next use", _mk(IntelligentDedup, ExpectedReuse), batch_aware=True),
-    StrategySpec("belady", "offline optimal eviction, demand fetch: fewest loads", "Belady 1966 (MIN)", "none",
-                 "Belady MIN", _mk(pr.OnDemand, ev.Belady), access="future", bound=True),
-    StrategySpec("oracle", "perfect prefetch: the fastest of MIN's loads, Cao's aggressive prefetch, and every "
-                 "strategy's cache decisions issued as early as possible", "Belady 1966; Cao et al. SIGMETRICS 1995",
-                 "the future", "Belady MIN (or the chosen construction's)", _planned_elsewhere,
-                 access="future", bound=True),
-    StrategySpec("gpu_only", "every expert resident: no offloading", "Pre-gated MoE artifact baseline", "-", "-",
-                 _planned_elsewhere, access="future", bound=True),
-]
-
-STRATEGIES: dict[str, StrategySpec] = {s.name: s for s in _TABLE}
-
-
-def get_strategy(name: str) -> StrategySpec:
+def get_strategy(name: str) -> StrategyInfo:
     try:
         return STRATEGIES[name]
     except KeyError:
         raise KeyError(f"unknown strategy {name!r}; strategies: {', '.join(STRATEGIES)}") from None
-
-
-AGGRESSIVE_MIN = StrategySpec("aggressive_min", "aggressive prefetch with MIN replacement (oracle construction)",
-                              "Cao et al., SIGMETRICS 1995", "the future", "Belady MIN",
-                              _mk(pr.AggressiveMIN, ev.Belady), access="future", bound=True)

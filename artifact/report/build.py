@@ -22,13 +22,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from artifact.policies.registry import STRATEGIES
+from artifact.planner import strategies as _strategies
 from artifact.report import figures as F
 from artifact.report import tables as T
-from artifact.runtime.hardware import PROFILES, HardwareProfile, load_profile
+from artifact.runtime.hardware import HardwareProfile, load_profile
 
 RAW_FILES = ("sim", "engine", "cpu_engine", "models")
 ENV_COLUMNS = ["gpu", "driver", "torch", "cuda", "package_version", "git_commit"]
+
+STRATEGIES = _strategies()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -59,8 +61,6 @@ def read_profiles(results: Path, names) -> dict[str, tuple[HardwareProfile, str]
         try:
             if p.is_file():
                 out[n] = (load_profile(str(p)), f"{p.parent.name}/{p.name}")
-            elif n in PROFILES:
-                out[n] = (PROFILES[n], "built into artifact/runtime/hardware.py")
             else:
                 out[n] = (load_profile(n), "artifact's results/hardware")
         except (KeyError, ValueError):
@@ -115,8 +115,8 @@ def replay_rows(rows: pd.DataFrame, profiles: Mapping[str, tuple[HardwareProfile
     steps; strategies in the rows' order, sharing requests and the plans the oracle reuses).
 
     Returns ``(row, counts, plan, timeline)`` per row; ``counts`` is None where the configuration cannot run."""
+    from artifact.core.requests import build_requests
     from artifact.experiments.runs import load_trace, make_workload, simulate_one
-    from artifact.runtime.requests import build_requests
     from artifact.runtime.simulator import simulate
 
     out = []
@@ -331,8 +331,8 @@ def build_report(results_dir: str | os.PathLike = "results", out: str | os.PathL
     engine = raw.get("engine")
     plots["fig5"] = F.fig_sim_vs_engine(engine, fig_dir, hw)
 
-    strategies = "\n".join(f"| `{n}` | {s.summary} | {s.source} | {s.access} | {'yes' if s.batch_aware else 'no'} "
-                           f"| {'yes' if s.bound else 'no'} |" for n, s in STRATEGIES.items())
+    strategies = "\n".join(f"| `{n}` | {s.summary} | {s.source} | {s.sees} | {'yes' if s.batch_aware else 'no'} "
+                           f"| {'yes' if s.role == 'bound' else 'no'} |" for n, s in STRATEGIES.items())
     mapping = "; ".join(f"{k} -> `{v}`" for k, v in claims["method_map"].items())
     parts.append(_section("Strategies", "| strategy | what it stands for | source | sees | batch-aware | bound |\n"
                                         "| --- | --- | --- | --- | --- | --- |\n" + strategies

@@ -26,7 +26,9 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import LogFormatter, NullLocator  # noqa: E402
 
-from artifact.policies.registry import STRATEGIES  # noqa: E402
+from artifact.planner import strategies as _strategies  # noqa: E402
+
+STRATEGIES = _strategies()
 from artifact.report import tables as T  # noqa: E402
 
 matplotlib.rcParams["pdf.fonttype"] = 42  # TrueType in PDFs (editable text; required by artifact reviewers)
@@ -352,8 +354,8 @@ class Replayed:
     """A CSV row re-planned and re-simulated (see ``build.replay_rows``): its plan and timeline."""
 
     strategy: str
-    plan: object  # artifact.runtime.plan.Plan
-    timeline: object  # artifact.runtime.timeline.Timeline
+    plan: object  # artifact.core.plan.Plan
+    timeline: object  # artifact.core.timeline.Timeline
     counts_match: bool  # the re-plan's decision counts equal the CSV row's
 
 
@@ -436,7 +438,7 @@ def fig_gaps(sim: pd.DataFrame, out_dir: Path, hardware: Mapping[str, str] | Non
     name, title = "fig7_gaps_to_bounds", "Gap of each strategy to the bounds"
     cache = T.default_cache(sim)
     d = sim[(sim["cache"] == cache) & (sim["protocol"] == "batched")]
-    bounds = {n for n, s in STRATEGIES.items() if s.bound}
+    bounds = {n for n, s in STRATEGIES.items() if s.role == 'bound'}
     names = [s for s in T.strategy_order(d["strategy"]) if s not in bounds]
     with matplotlib.rc_context(RC):
         fig, ax = _new((10.0, 4.4), ncols=2)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from artifact.policies.registry import STRATEGIES
+from artifact.planner import strategies as _strategies
 
 CLAIMS_PATH = Path(__file__).with_name("claims.json")
 
@@ -88,6 +88,8 @@ _DEFINITIONS = """\
   `gpu_only` holds every expert and is not iso-cache.
 - **Relative error** (E5): (simulator - engine) / engine, on the same plan.
 """
+
+STRATEGIES = _strategies()
 
 
 def definitions(claims: Mapping) -> str:

@@ -39,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from artifact.atomicfile import atomic_write_text
+from artifact.core.plan import Plan, PlanBuilder
 from artifact.models import ModelSpec, get_model
 from artifact.runtime.calibrate import _Timer, measure_copy
 from artifact.runtime.engine import (
@@ -50,7 +51,6 @@ from artifact.runtime.engine import (
     max_rel_error,
     token_gates,
 )
-from artifact.runtime.plan import Plan, PlanBuilder
 from artifact.traces.trace import Trace, make_meta
 from artifact.traces.workload import Workload, decode_workload
 

@@ -12,8 +12,9 @@ A profile gives
 - the host time to issue each kind of operation (``host_issue_us``): an engine whose host is slower than its GPU
   is host-bound, and the simulator then waits for the host as a third resource.
 
-Profiles are JSON files; ``load_profile(name)`` looks in ``results/hardware/NAME.json`` (the calibrated ones the
-engine writes) and falls back to the built-in ``PROFILES`` below.
+Profiles are JSON files with their provenance (``source``, ``description``, ``extra``): ``load_profile(name)`` reads
+``results/hardware/NAME.json`` (the calibrated ``h200.json``, the modelled ``a100-pcie4.json``) or a JSON path.
+Nothing is typed in here: planning without a measured (or explicitly modelled) profile is an error.
 """
 
 from __future__ import annotations
@@ -158,75 +159,22 @@ def _interp(table, x) -> np.ndarray:
     return y
 
 
-def _gb(x: float) -> int:
-    return int(x * 1e6)
-
-
-# NVIDIA H200 SXM, PCIe Gen5 x16, torch 2.11 (FACTS.md section 1, measured 2026-11-29, CUDA events, median of 10-50).
-# Copy table: pinned H2D of 2.5 / 9 / 18 / 64 / 336 MB at 37.9 / 51.2 / 52.9 / 54.2 / 55.0 GB/s.
-# FFN: Switch expert ~0.1 ms flat in tokens (launch-bound); Mixtral expert 0.14 ms (<=64 tokens), 0.31 (512),
-# 2.2 (4096).
-# Other presets' FFNs and the non-MoE time were not measured there: scaled by matrix bytes from the Switch figure and
-# 0.05 ms per layer respectively (our assumption), until `python -m artifact calibrate` replaces this profile.
-_H200_COPY = tuple((_gb(mb), _gb(mb) / (gbps * 1e6)) for mb, gbps in
-                   ((2.5, 37.9), (9.437184, 51.2), (18.874368, 52.9), (64.0, 54.2), (336.0, 55.0)))
-H200 = HardwareProfile(
-    name="h200-facts",
-    description="NVIDIA H200 SXM, PCIe Gen5 x16 (figures from FACTS.md section 1; not calibrated by this engine)",
-    copy_table=_H200_COPY,
-    ffn_tables={
-        "switch-base-128": ((1, 0.10), (4096, 0.10)),
-        "mixtral-8x7b": ((1, 0.14), (64, 0.14), (512, 0.31), (4096, 2.2)),
-        "olmoe-1b-7b": ((1, 0.10), (4096, 0.15)),
-        "qwen1.5-moe-a2.7b": ((1, 0.10), (4096, 0.18)),
-        "deepseek-v2-lite": ((1, 0.10), (4096, 0.18)),
-    },
-    nonmoe_table=((1, 0.05), (4096, 0.05)),
-    source="FACTS.md section 1 (H200 measurements of 2026-11-29)",
-)
-
-# NVIDIA A100 PCIe, PCIe Gen4 x16: modelled, not measured. Link: PCIe Gen4 x16 carries 16 GT/s x 16 lanes with
-# 128b/130b coding = 31.5 GB/s per direction (PCI-SIG PCIe 4.0 base specification); we assume the same share of it
-# that our engine's pinned copies reached on the H200's PCIe Gen5 x16 link (55.6 of 63.0 GB/s = 88%, calibrated
-# 2026-11-29, results/hardware/h200.json): 27.8 GB/s, 10 us per copy. Compute: the FACTS.md H200 figures, launch-bound
-# small FFNs taking the same time and large ones 3.2x longer (dense bf16 peaks 989 vs 312 TFLOPS, NVIDIA datasheets).
-_A100_GBPS = 31.5 * 55.6 / 63.0
-A100_PCIE = HardwareProfile(
-    name="a100-pcie4",
-    description="NVIDIA A100 PCIe, PCIe Gen4 x16 (modelled from the link rate and the H200's measured copy "
-                "efficiency; not measured)",
-    copy_table=tuple((_gb(mb), 0.010 + _gb(mb) / (_A100_GBPS * 1e6)) for mb in (2.5, 336.0)),
-    ffn_tables={
-        "switch-base-128": ((1, 0.10), (4096, 0.12)),
-        "mixtral-8x7b": ((1, 0.20), (64, 0.22), (512, 0.99), (4096, 7.0)),
-        "olmoe-1b-7b": ((1, 0.10), (4096, 0.40)),
-        "qwen1.5-moe-a2.7b": ((1, 0.10), (4096, 0.50)),
-        "deepseek-v2-lite": ((1, 0.10), (4096, 0.50)),
-    },
-    nonmoe_table=((1, 0.06), (4096, 0.10)),
-    source="PCI-SIG PCIe 4.0 link rate x the H200's measured pinned-copy efficiency; NVIDIA A100/H200 datasheets",
-)
-
-PROFILES: dict[str, HardwareProfile] = {"h200-facts": H200, "a100-pcie4": A100_PCIE}
+def known_profiles() -> list[str]:
+    return sorted(q.stem for q in PROFILE_DIR.glob("*.json"))
 
 
 def load_profile(name_or_path: str) -> HardwareProfile:
-    """A profile by name (``results/hardware/NAME.json`` first, then the built-ins) or by JSON path.
-
-    ``h200`` means the calibrated ``results/hardware/h200.json`` when it exists, else the FACTS.md profile.
-    """
+    """A profile by name (``results/hardware/NAME.json``) or by JSON path."""
     p = Path(name_or_path)
-    if p.suffix == ".json" and p.is_file():
+    if p.suffix == ".json":
+        if not p.is_file():
+            raise FileNotFoundError(f"hardware profile {p}: no such file")
         return _read(p)
     cand = PROFILE_DIR / f"{name_or_path}.json"
     if cand.is_file():
         return _read(cand)
-    if name_or_path == "h200":
-        return H200
-    if name_or_path in PROFILES:
-        return PROFILES[name_or_path]
-    known = sorted(set(PROFILES) | {"h200"} | {q.stem for q in PROFILE_DIR.glob("*.json")})
-    raise KeyError(f"unknown hardware profile {name_or_path!r}; known: {', '.join(known)}")
+    raise KeyError(f"unknown hardware profile {name_or_path!r}; known: {', '.join(known_profiles())} "
+                   f"(files in {PROFILE_DIR}), or give a JSON path")
 
 
 def _read(path: Path) -> HardwareProfile:

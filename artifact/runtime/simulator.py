@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from artifact.core.plan import Plan
+from artifact.core.timeline import Timeline
+from artifact.core.workload import Workload
 from artifact.runtime.hardware import HardwareProfile
-from artifact.runtime.plan import Plan
-from artifact.runtime.timeline import Timeline
-from artifact.traces.workload import Workload
 
 
 def simulate(plan: Plan, workload: Workload, hw: HardwareProfile, expert_bytes: int | None = None) -> Timeline:

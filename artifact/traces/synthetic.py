@@ -393,13 +393,15 @@ def generate(
     tokens: int,
     seed: int,
     params: SyntheticParams | None = None,
+    lengths=None,
     **overrides,
 ) -> Trace:
     """Generate ``sequences`` sequences of mean length ``tokens`` for ``model`` (a preset name or a ModelSpec).
 
     ``params`` defaults to the model's preset in :data:`PRESET_PARAMS` (or the generic :class:`SyntheticParams`);
-    ``overrides`` replace single fields, e.g. ``generate("switch-base-128", 8, 64, 0, locality=0.3)``. The result
-    is deterministic in all its arguments: the same call gives the same bytes.
+    ``overrides`` replace single fields, e.g. ``generate("switch-base-128", 8, 64, 0, locality=0.3)``. ``lengths``
+    (a sequence of ``sequences`` positive integers) fixes every sequence's length instead of drawing them. The
+    result is deterministic in all its arguments: the same call gives the same bytes.
     """
     spec = get_model(model) if isinstance(model, str) else model
     if not isinstance(spec, ModelSpec):
@@ -423,7 +425,13 @@ def generate(
     resolved = _resolve(spec, params)
 
     rng_len, rng_route, rng_la, rng_gate = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
-    lengths = _lengths(rng_len, int(sequences), int(tokens), params.length_spread)  # [S]
+    drawn = _lengths(rng_len, int(sequences), int(tokens), params.length_spread)  # [S]
+    if lengths is not None:
+        fixed = np.asarray(lengths, np.int64)
+        if fixed.shape != (int(sequences),) or (fixed < 1).any():
+            raise ValueError(f"synthetic: lengths must be {sequences} positive integers, got {list(fixed)}")
+        drawn = fixed
+    lengths = drawn
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # [S + 1]
     T = int(offsets[-1])
     starts = np.zeros(T, dtype=bool)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from artifact.traces.workload import Workload
+from artifact.core.workload import Workload
 
 NEVER = np.iinfo(np.int64).max // 4
 

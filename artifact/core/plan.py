@@ -31,6 +31,10 @@ import numpy as np
 from artifact.models import ModelSpec
 
 
+class PlanError(ValueError):
+    """A plan the engine cannot execute faithfully; the message names the operation and what is wrong."""
+
+
 @dataclass(frozen=True)
 class Plan:
     model: ModelSpec
@@ -144,3 +148,87 @@ class PlanBuilder:
             comp_offsets=np.asarray(self.comp_offsets, np.int64), use_gid=np.asarray(self.use_gid, i32),
             use_slot=np.asarray(self.use_slot, i32), use_load=np.asarray(self.use_load, i32),
             use_tokens=np.asarray(self.use_tokens, i32), use_hit=np.asarray(self.use_hit, bool), **meta)
+
+
+def check_structure(plan: Plan) -> None:
+    """What the engine's issue loop relies on even when dependencies are not checked: operations in issue order."""
+    M, N = plan.num_computes, plan.num_loads
+    lb = plan.load_before.astype(np.int64)
+    if N and (np.any(np.diff(lb) < 0) or lb.min() < 0 or lb.max() > M):
+        raise PlanError(f"plan {plan.strategy}: load_before must be non-decreasing in 0..{M} (issue order)")
+    if M and np.any(np.diff(plan.comp_ls) < 0):
+        c = int(np.nonzero(np.diff(plan.comp_ls) < 0)[0][0]) + 1
+        raise PlanError(f"plan {plan.strategy}: COMPUTE {c} is at layer-step {int(plan.comp_ls[c])} after "
+                        f"layer-step {int(plan.comp_ls[c - 1])}: computes must be in layer-step order")
+    if plan.comp_offsets.shape[0] != M + 1 or plan.comp_offsets[-1] != plan.use_gid.shape[0]:
+        raise PlanError(f"plan {plan.strategy}: comp_offsets must have {M + 1} entries ending at the "
+                        f"{plan.use_gid.shape[0]} uses")
+
+
+def check_plan(plan: Plan) -> None:
+    """Static checks that the plan's dependencies make every COMPUTE read the expert it names.
+
+    Raises :class:`PlanError` when
+    - a use's slot/gid differs from its LOAD's, or a resident use names a gid not preloaded in that slot;
+    - a use's LOAD is issued after its COMPUTE, or a LOAD waits for a COMPUTE issued after it;
+    - a LOAD into a slot is issued after the LOAD a COMPUTE reads and before that COMPUTE (it overwrites the expert
+      before it is read);
+    - a LOAD into a slot does not wait for the last COMPUTE issued before it that read the slot (it may overwrite
+      the weights while they are read: a race the synchronous CPU would never show).
+    """
+    check_structure(plan)
+    M, N = plan.num_computes, plan.num_loads
+    lb = plan.load_before.astype(np.int64)
+    bad = np.nonzero(plan.load_wait >= lb)[0]
+    if bad.size:
+        n = int(bad[0])
+        raise PlanError(f"plan {plan.strategy}: LOAD {n} waits for COMPUTE {int(plan.load_wait[n])}, which is issued "
+                        f"after it (load_before {int(lb[n])})")
+    resident = plan.resident_at_start
+    comp_of_use = np.repeat(np.arange(M), np.diff(plan.comp_offsets))  # [U]
+    # Per slot, the LOADs into it in plan order: the next one after a given load.
+    next_same_slot = np.full(N, -1, np.int64)
+    first_in_slot: dict[int, int] = {}
+    last_in_slot: dict[int, int] = {}
+    for n in range(N):
+        s = int(plan.load_slot[n])
+        if s in last_in_slot:
+            next_same_slot[last_in_slot[s]] = n
+        else:
+            first_in_slot[s] = n
+        last_in_slot[s] = n
+    for u in range(plan.use_gid.shape[0]):
+        c = int(comp_of_use[u])
+        s, gid, n = int(plan.use_slot[u]), int(plan.use_gid[u]), int(plan.use_load[u])
+        if n >= 0:
+            if n >= N:
+                raise PlanError(f"plan {plan.strategy}: COMPUTE {c} reads LOAD {n}, but the plan has {N} loads")
+            if int(plan.load_slot[n]) != s or int(plan.load_gid[n]) != gid:
+                raise PlanError(f"plan {plan.strategy}: COMPUTE {c} reads gid {gid} from slot {s} via LOAD {n}, which "
+                                f"copies gid {int(plan.load_gid[n])} into slot {int(plan.load_slot[n])}")
+            if lb[n] > c:
+                raise PlanError(f"plan {plan.strategy}: COMPUTE {c} reads LOAD {n}, issued after it "
+                                f"(load_before {int(lb[n])})")
+            nxt = int(next_same_slot[n])
+        else:
+            if s >= resident.shape[0] or int(resident[s]) != gid:
+                held = int(resident[s]) if s < resident.shape[0] else None
+                raise PlanError(f"plan {plan.strategy}: COMPUTE {c} reads gid {gid} from slot {s} as resident from "
+                                f"the start, but resident_at_start puts {held} there")
+            nxt = first_in_slot.get(s, -1)
+        if nxt >= 0 and lb[nxt] <= c:
+            raise PlanError(f"plan {plan.strategy}: LOAD {nxt} copies gid {int(plan.load_gid[nxt])} into slot {s} "
+                            f"before COMPUTE {c} reads gid {gid} from it (overwrite before use)")
+    # Every LOAD waits for the last COMPUTE issued before it that read its slot.
+    order = np.lexsort((comp_of_use, plan.use_slot))
+    r_slot = plan.use_slot[order].astype(np.int64)
+    r_comp = comp_of_use[order]
+    for n in range(N):
+        s = int(plan.load_slot[n])
+        a, b = np.searchsorted(r_slot, s, "left"), np.searchsorted(r_slot, s, "right")
+        k = np.searchsorted(r_comp[a:b], lb[n], "left")  # readers issued before the load
+        if k > 0:
+            last = int(r_comp[a + k - 1])
+            if int(plan.load_wait[n]) < last:
+                raise PlanError(f"plan {plan.strategy}: LOAD {n} into slot {s} waits for COMPUTE "
+                                f"{int(plan.load_wait[n])} but COMPUTE {last} read that slot before it (race)")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from artifact.runtime.plan import Plan
-from artifact.runtime.timeline import Timeline
+from artifact.core.plan import Plan
+from artifact.core.timeline import Timeline
 
 
 def count_metrics(plan: Plan) -> dict:
@@ -24,19 +26,35 @@ def count_metrics(plan: Plan) -> dict:
         "demand_loads": int((~prefetch).sum()), "loads": n_load, "bytes_h2d": int(n_load) * plan.model.expert_bytes,
         "prefetch_issued": int(prefetch.sum()), "prefetch_used": int((prefetch & used_loads).sum()),
         "prefetch_wasted": int((prefetch & ~used_loads).sum()),
-        "hit_rate": hits / unique_requests if unique_requests else float("nan"),
+        "hit_rate": hits / unique_requests if unique_requests else None,  # None: no requests (strict JSON)
     }
 
 
+def finite(x) -> float | None:
+    """``x`` as a float, or None where it is not a finite number (what was not measured is null, never NaN)."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
 def time_metrics(plan: Plan, tl: Timeline, tokens: int) -> dict:
-    total = tl.total_ms
+    """Times of one run; a figure the executor did not measure (a lean engine run's busy times) is None."""
+    total = finite(tl.total_ms)
+    if total is None:  # a lean engine run records no per-operation events: its wall time is the total
+        total = finite(tl.info.get("wall_ms"))
     ready = tl.info.get("comp_ready")
-    stall = tl.stall_ms(ready) if ready is not None else float(tl.info.get("stall_ms", float("nan")))
+    stall = finite(tl.stall_ms(ready) if ready is not None else tl.info.get("stall_ms"))
+    steps = plan.steps
+
+    def per_step(x):
+        return None if x is None else (x / steps if steps else 0.0)
+
     return {
-        "executor": tl.executor, "total_ms": total, "latency_ms_per_step": total / plan.steps if plan.steps else 0.0,
-        "stall_ms": stall, "stall_ms_per_step": stall / plan.steps if plan.steps else 0.0,
-        "copy_busy_ms": tl.copy_busy_ms, "compute_busy_ms": tl.compute_busy_ms,
-        "tokens_per_s": tokens / (total / 1e3) if total > 0 else float("inf"),
+        "executor": tl.executor, "total_ms": total, "latency_ms_per_step": per_step(total),
+        "stall_ms": stall, "stall_ms_per_step": per_step(stall),
+        "copy_busy_ms": finite(tl.copy_busy_ms), "compute_busy_ms": finite(tl.compute_busy_ms),
+        "tokens_per_s": tokens / (total / 1e3) if total else None,  # None: nothing was timed
     }
 
 

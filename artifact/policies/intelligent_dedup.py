@@ -41,17 +41,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from artifact.policies.base import Strategy
-from artifact.policies.eviction import EvictionPolicy
+from artifact.core.select import smallest_of
+from artifact.policies.base import Prefetch, Strategy
+from artifact.policies.registry import register
 
 _SCALE = 1000.0  # expected-use keys are compared as integers of 1/1000 layer-step
 
 
+@register("intelligent_dedup", "ours: dedup + expected-reuse eviction + admitted lookahead prefetch",
+          "this artifact (the seed's Intelligent+Deduplication, redesigned)", "lookahead, admitted",
+          "expected time to next use", order=150)
 class IntelligentDedup(Strategy):
-    def __init__(self, ctx, eviction, prior: float = 1.0, min_probability: float = 0.25, smoothing: float = 4.0,
+    batch_aware = True
+
+    def __init__(self, ctx, prior: float = 1.0, min_probability: float = 0.25, smoothing: float = 4.0,
                  use_lookahead: bool = True, use_transitions: bool = True, sure_probability: float = 0.95,
                  hardware_window: bool = True) -> None:
-        super().__init__(ctx, eviction)
+        super().__init__(ctx)
         L, E = ctx.L, ctx.E
         if not 0.0 < min_probability <= 1.0:
             raise ValueError(f"intelligent_dedup: min_probability must be in (0, 1], got {min_probability}")
@@ -63,7 +69,7 @@ class IntelligentDedup(Strategy):
         self.la_n = 2.0
         self.min_p = min_probability
         self.smoothing = smoothing
-        self.use_lookahead = use_lookahead and ctx.workload.lookahead is not None
+        self.use_lookahead = use_lookahead and ctx.has_lookahead
         self.use_transitions = use_transitions
         self.next_p = np.zeros(E)  # P(e used at the next layer-step), for the experts of that layer
         self.next_layer = -1
@@ -79,7 +85,6 @@ class IntelligentDedup(Strategy):
         fixed_us = host.get("nonmoe_us", 0.0) + host.get("compute_us", 0.0)
         self._host_ms = (fixed_us / 1e3, host.get("use_us", 0.0) / 1e3)
         self._compute_cache: dict = {}
-        eviction.strategy = self
 
     def observe(self, g):
         ctx = self.ctx
@@ -177,7 +182,7 @@ class IntelligentDedup(Strategy):
             bar = float(np.clip(1.0 - t_c / (cand.shape[0] * self.t_copy), self.min_p, self.sure_p))
             cand = np.concatenate([cand[:window], cand[window:][P[cand[window:]] >= bar]])
         gids = cand + (layer + 1) * ctx.E
-        return gids, np.full(gids.shape[0], g + 1, np.int64), None
+        return Prefetch(gids, np.full(gids.shape[0], g + 1, np.int64), None)
 
     def _compute_ms(self, g: int) -> float:
         """Compute-stream time of layer-step ``g`` (its COMPUTE, the next NON-MoE part, the host's issue time) from
@@ -202,25 +207,14 @@ class IntelligentDedup(Strategy):
     def admit(self, gids, targets, victims, g):
         """A prefetch for the next layer-step is worth its victim when it is likelier to be used at its visit
         (the soonest any expert can be needed) than the victim is at the victim's next visit."""
-        st = self.ctx.state
         _, mine, _ = self.next_visit(gids, g)
-        vg = st.slot_gid[victims]
+        vg = self.ctx.cache.slot_gid[victims]
         _, theirs, _ = self.next_visit(np.maximum(vg, 0), g)
         return (vg < 0) | (mine > theirs)
 
-
-class ExpectedReuse(EvictionPolicy):
-    """Evict the largest expected time to next use (see :class:`IntelligentDedup`)."""
-
-    name = "expected_reuse"
-    strategy: IntelligentDedup
-
-    def choose(self, cand, n, g):
+    def evict(self, cand, n, g):
+        """Evict the largest expected time to next use."""
         if n <= 0 or cand.shape[0] == 0:
             return cand[:0]
-        t = self.strategy.expected_next_use(self.ctx.state.slot_gid[cand], g)
-        key = -(t * _SCALE).astype(np.int64)
-        if n < cand.shape[0]:
-            part = np.argpartition(key, n - 1)[:n]
-            return cand[part[np.lexsort((cand[part], key[part]))]]
-        return cand[np.lexsort((cand, key))]
+        t = self.expected_next_use(self.ctx.cache.slot_gid[cand], g)
+        return smallest_of(-(t * _SCALE).astype(np.int64), cand, n)

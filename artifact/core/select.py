@@ -1,0 +1,32 @@
+"""The one selector every eviction decision goes through: the ``n`` candidates with the smallest integer keys.
+
+Keys are integers (or fixed-point integers made by the caller), so the choice is the same on every platform; ties
+go to the lower slot, so it is total.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def smallest(keys: np.ndarray, cand: np.ndarray, n: int) -> np.ndarray:
+    """The ``n`` entries of ``cand`` with the smallest ``keys[cand]``, in ascending (key, candidate) order."""
+    if n <= 0 or cand.shape[0] == 0:
+        return cand[:0]
+    return smallest_of(keys[cand], cand, n)
+
+
+def smallest_of(k: np.ndarray, cand: np.ndarray, n: int) -> np.ndarray:
+    """As :func:`smallest` with the candidates' keys given directly (``k[i]`` is the key of ``cand[i]``)."""
+    if n <= 0 or cand.shape[0] == 0:
+        return cand[:0]
+    if k.dtype.kind == "f":
+        raise TypeError("select: keys must be integers (round floats to fixed point first: platform-exact choices)")
+    if n >= cand.shape[0]:
+        return cand[np.lexsort((cand, k))]
+    part = np.argpartition(k, n - 1)[:n]
+    # argpartition leaves ties at the boundary arbitrary: widen to every candidate tied with the n-th key.
+    kth = k[part].max()
+    sel = np.nonzero(k <= kth)[0]
+    sel = sel[np.lexsort((cand[sel], k[sel]))][:n]
+    return cand[sel]

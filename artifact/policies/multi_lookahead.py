@@ -1,0 +1,67 @@
+"""``multi_lookahead``: the seed report's Multi-Look-Ahead ("pattern prediction with multi-step lookahead").
+
+An online table of cross-layer transitions (layer ``l`` expert -> layer ``l + 1`` experts, counted over past
+tokens) is chained ``depth`` layers ahead from each token's current experts; each token's top-k per predicted layer
+are unioned over the batch and fetched nearest layer first, most requested first. The seed gives no depth: 2. LRU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from artifact.policies.base import Prefetch, Recency, ranked, top_k_rows
+from artifact.policies.registry import register
+
+
+@register("multi_lookahead", "seed's Multi-Look-Ahead: chained cross-layer transitions",
+          "seed report (seeds/000), 'Multi-Look-Ahead (Ours)'", "transitions, 2 layers", "LRU", order=140)
+class MultiLookAhead(Recency):
+    def __init__(self, ctx, depth: int = 2) -> None:
+        super().__init__(ctx)
+        self.depth = depth
+        self.trans = np.zeros((ctx.L, ctx.E, ctx.E), np.float64)  # [L, E, E]: l -> l+1 counts
+        self.norm = np.zeros_like(self.trans)  # row-normalised, refreshed lazily (once per layer per step)
+        self.dirty = np.zeros(ctx.L, bool)
+        self._prev: np.ndarray | None = None
+
+    def observe(self, g):
+        ctx = self.ctx
+        layer = g % ctx.L
+        cur = ctx.routing(g)  # [T, K]
+        if layer > 0 and self._prev is not None:
+            src = np.repeat(self._prev[:, 0].astype(np.int64), cur.shape[1])
+            E = ctx.E
+            self.trans[layer - 1] += np.bincount(src * E + cur.reshape(-1), minlength=E * E).reshape(E, E)
+            self.dirty[layer - 1] = True
+        self._prev = cur
+
+    def _normalised(self, m: int) -> np.ndarray:
+        if self.dirty[m]:
+            t = self.trans[m]
+            rows = t.sum(axis=1, keepdims=True)
+            np.divide(t, rows, out=self.norm[m], where=rows > 0)
+            self.dirty[m] = False
+        return self.norm[m]
+
+    def prefetch(self, g):
+        ctx = self.ctx
+        layer = g % ctx.L
+        cur = ctx.routing(g)
+        items, _ = ctx.step_meta(g // ctx.L)
+        out_g, out_t, out_c = [], [], []
+        dist = None
+        for m in range(layer + 1, min(layer + 1 + self.depth, ctx.L)):
+            tn = self._normalised(m - 1)
+            # [T, E]: each token's predicted distribution over layer m's experts (the first hop is a row lookup)
+            dist = tn[cur[:, 0]] if dist is None else dist @ tn
+            if not dist.any():
+                break
+            top = top_k_rows(dist, ctx.K)
+            top = np.where(np.take_along_axis(dist, top, axis=1) > 0, top, -1)
+            gids, _, ic = ranked(top, items, m, ctx.E)
+            out_g.append(gids)
+            out_t.append(np.full(gids.shape[0], g + (m - layer), np.int64))
+            out_c.append(ic)
+        if not out_g:
+            return None
+        return Prefetch(np.concatenate(out_g), np.concatenate(out_t), np.concatenate(out_c))

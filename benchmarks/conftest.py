@@ -10,8 +10,6 @@ working directory, unless ``--benchmark-storage`` names another.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import pytest
 from artifact.core.metrics import count_metrics
 from artifact.core.requests import Requests, build_requests
 from artifact.experiments.runs import DEFAULT_SEQUENCES, DEFAULT_TOKENS
+from artifact.measure.environment import nvidia_smi
 from artifact.runtime.hardware import HardwareProfile, load_profile
 from artifact.traces.workload import Workload, decode_workload
 
@@ -106,20 +105,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def _nvidia_smi() -> dict:
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return {}
-    fields = ("name", "driver_version", "memory.total", "clocks.max.sm", "clocks.max.memory", "pcie.link.gen.max",
-              "pcie.link.width.max")
-    try:
-        out = subprocess.run([exe, f"--query-gpu={','.join(fields)}", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=10, check=False).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    if not out:
-        return {}
-    values = [v.strip() for v in out.splitlines()[0].split(",")]
-    return dict(zip(fields, values))
+    return nvidia_smi(("name", "driver_version", "memory.total", "clocks.max.sm", "clocks.max.memory",
+                       "pcie.link.gen.max", "pcie.link.width.max"))
 
 
 def pytest_benchmark_update_machine_info(config, machine_info: dict) -> None:

@@ -20,11 +20,11 @@ from dataclasses import replace
 import pytest
 import torch
 
+from artifact.engine import OffloadEngine
 from artifact.experiments.grids import BATCHES, DEFAULT_CACHE, DEFAULT_MODEL, ENGINE_STEPS, SWITCH_MINI
 from artifact.models import get_model
 from artifact.planner import plan as _plan
 from artifact.planner import strategies
-from artifact.runtime.engine import OffloadEngine
 from artifact.runtime.simulator import simulate
 
 ROUNDS = 3
@@ -61,7 +61,7 @@ def _bench_engine(benchmark, record_counts, engine, plan, workload, hw) -> None:
     timed = walls[-ROUNDS:] if len(walls) > ROUNDS else walls  # drop the warm-up round
     wall = statistics.median(timed)
     steps = plan.steps
-    bytes_h2d = int(tl.info["bytes_h2d"])
+    bytes_h2d = int(tl.info["bytes_copied"])  # counted by the engine's issue loop
     try:
         sim_ms = simulate(plan, workload, hw).total_ms / steps
     except KeyError:  # the profile has no timings for this expert shape (the scaled-down CPU case)

@@ -1,5 +1,7 @@
 """The offloading engine: offloading never changes the math (engine = dense reference), the check can fail, the
-host issue order of plan.py, weight files, calibration and the GPU-check harness.
+host issue order of plan.py, what the engine counts it did, weight files, calibration and the GPU-check harness.
+
+Plans come from the one scheduler (``artifact.planner.plan``) on the tests' hardware profile.
 
 Tolerance: float32 on the CPU, max |out - ref| / max |ref| <= 1e-5. Engine and reference do the same float32 ops in
 a different order (expert contributions summed in slot order vs expert order, matmuls over different row subsets),
@@ -16,24 +18,17 @@ import numpy as np
 import pytest
 import torch
 
-from artifact.core.plan import PlanBuilder
+from artifact.core.metrics import run_metrics
+from artifact.core.plan import PlanBuilder, check_plan
+from artifact.engine import ExpertWeights, OffloadEngine, PlanError, dense_reference, max_rel_error
+from artifact.experiments.gpu_checks import lockstep_workload, next_layer_plan
 from artifact.models import ModelSpec
-from artifact.runtime.engine import (
-    ExpertWeights,
-    OffloadEngine,
-    PlanError,
-    check_plan,
-    dense_reference,
-    max_rel_error,
-)
-from artifact.runtime.gpu_checks import (
-    gpu_only_plan,
-    lru_on_demand_plan,
-    next_layer_prefetch_plan,
-    synthetic_workload,
-)
+from artifact.planner import plan as make_plan
 from artifact.traces.trace import Trace, make_meta
 from artifact.traces.workload import decode_workload
+from tests.helpers import DATA, TEST_HW
+
+TEST_HW_PATH = DATA / "h200-test.json"
 
 TOL = 1e-5
 CUDA = torch.cuda.is_available()
@@ -56,6 +51,18 @@ def hand_workload(model: ModelSpec, batch: int, lengths=(5, 3, 6, 4), seed: int 
     off = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     tr = Trace(ex, off, make_meta(model.name, E, "test"), gates=g).validate()
     return decode_workload(tr, batch, model=model)
+
+
+def planned(wl, strategy: str, cache_experts: int, protocol: str = "batched"):
+    return make_plan(wl, strategy, cache_experts, protocol, 0, TEST_HW)
+
+
+def on_demand(wl, cache_experts: int, protocol: str = "batched"):
+    return planned(wl, "on_demand", cache_experts, protocol)
+
+
+def gpu_only(wl, protocol: str = "batched"):
+    return planned(wl, "gpu_only", wl.layers * wl.model.experts, protocol)
 
 
 _WEIGHTS: dict = {}
@@ -87,22 +94,22 @@ def run(model, wl, plan, ffn="loop", device="cpu", dtype="float32", **kw):
 def test_lru_plan_matches_dense_reference(activation, top_k, ffn, protocol):
     m = tiny(activation, top_k)
     wl = hand_workload(m, batch=3)
-    plan = lru_on_demand_plan(wl, cache_experts=max(top_k, 3), protocol=protocol)  # small cache: slots reused a lot
+    plan = on_demand(wl, max(top_k, 3), protocol)  # small cache: slots reused a lot
     assert plan.num_loads > plan.cache_experts  # slot reuse happened
     if protocol == "per_item":
         assert (plan.comp_item >= 0).all()
     out, ref, tl = run(m, wl, plan, ffn)
     assert out.shape == (int(wl.step_offsets[plan.steps]), m.d_model)
     assert max_rel_error(out, ref) <= TOL
-    assert tl.info["loads"] == plan.num_loads
-    assert tl.info["bytes_h2d"] == plan.num_loads * m.expert_bytes  # float32 model: expert_bytes is the fp32 size
+    assert tl.info["copies_issued"] == plan.num_loads
+    assert tl.info["bytes_copied"] == plan.num_loads * m.expert_bytes  # float32 model: expert_bytes is the fp32 size
 
 
 @pytest.mark.parametrize("activation,top_k", [("relu", 1), ("swiglu", 2)])
 def test_gpu_only_resident_at_start(activation, top_k):
     m = tiny(activation, top_k)
     wl = hand_workload(m, batch=4)
-    plan = gpu_only_plan(wl)
+    plan = gpu_only(wl)
     assert plan.num_loads == 0 and plan.resident_at_start.shape[0] == m.total_experts
     out, ref, tl = run(m, wl, plan, "grouped")
     assert max_rel_error(out, ref) <= TOL
@@ -112,7 +119,7 @@ def test_gpu_only_resident_at_start(activation, top_k):
 def test_gpu_only_per_item():
     m = tiny("relu", 1)
     wl = hand_workload(m, batch=3)
-    out, ref, _ = run(m, wl, gpu_only_plan(wl, protocol="per_item"))
+    out, ref, _ = run(m, wl, gpu_only(wl, "per_item"))
     assert max_rel_error(out, ref) <= TOL
 
 
@@ -121,7 +128,7 @@ def test_prefetch_plan_matches_reference_and_issue_order(ffn):
     """Prefetches decided at g are issued before NON-MoE(g + 1); demand loads after their own NON-MoE."""
     m = tiny("swiglu", 2)
     wl = hand_workload(m, batch=2)
-    plan = next_layer_prefetch_plan(wl)
+    plan = next_layer_plan(wl, TEST_HW)
     out, ref, tl = run(m, wl, plan, ffn)
     assert max_rel_error(out, ref) <= TOL
     pf = np.nonzero(plan.load_prefetch)[0]
@@ -135,7 +142,7 @@ def test_prefetch_plan_matches_reference_and_issue_order(ffn):
 def test_no_gates_in_trace_uses_one_over_k():
     m = tiny("swiglu", 2)
     wl = hand_workload(m, batch=2, gates=False)
-    out, ref, _ = run(m, wl, lru_on_demand_plan(wl, 4))
+    out, ref, _ = run(m, wl, on_demand(wl, 4))
     assert max_rel_error(out, ref) <= TOL
 
 
@@ -144,7 +151,7 @@ def test_plan_prefix_of_workload():
     m = tiny("relu", 1)
     wl = hand_workload(m, batch=2)
     short = wl.head(3)
-    plan = lru_on_demand_plan(short, 3)
+    plan = on_demand(short, 3)
     out, ref, _ = run(m, wl, plan)
     assert out.shape[0] == int(wl.step_offsets[3])
     assert max_rel_error(out, ref) <= TOL
@@ -153,7 +160,7 @@ def test_plan_prefix_of_workload():
 def test_bfloat16_close_to_float32_reference():
     m = tiny("swiglu", 2)
     wl = hand_workload(m, batch=2)
-    plan = lru_on_demand_plan(wl, 4)
+    plan = on_demand(wl, 4)
     w = weights(m, "bfloat16")
     eng = OffloadEngine(m, plan.cache_experts, weights=w, device="cpu")
     out, tl = eng.run(plan, wl)
@@ -219,7 +226,7 @@ def test_missing_slot_wait_is_a_plan_error():
 def test_plan_workload_mismatch_errors():
     m = tiny("relu", 1)
     wl = hand_workload(m, batch=2)
-    plan = lru_on_demand_plan(wl, 3)
+    plan = on_demand(wl, 3)
     w = weights(m)
     eng = OffloadEngine(m, 3, weights=w, device="cpu")
     wrong_tokens = dataclasses.replace(plan, use_tokens=plan.use_tokens + 1)
@@ -254,7 +261,7 @@ def test_plan_workload_mismatch_errors():
 def test_timeline_and_info():
     m = tiny("swiglu", 2)
     wl = hand_workload(m, batch=3)
-    plan = lru_on_demand_plan(wl, 4)
+    plan = on_demand(wl, 4)
     out, ref, tl = run(m, wl, plan, repeats=3, warmup=1)
     N, M, G = plan.num_loads, plan.num_computes, plan.layer_steps
     assert tl.executor == "engine"
@@ -278,6 +285,26 @@ def test_timeline_and_info():
     assert lean.info["wall_ms"] > 0 and np.isnan(lean.comp_start).all()
 
 
+def test_lean_run_has_no_nan_figures():
+    """A lean run measures no per-operation times: what it did not measure is None, never NaN, so its metrics row
+    is strict JSON and its total is the wall time."""
+    m = tiny("swiglu", 2)
+    wl = hand_workload(m, batch=3)
+    plan = on_demand(wl, 4)
+    _, lean = OffloadEngine(m, 4, weights=weights(m), device="cpu").run(plan, wl, repeats=2, timeline=False)
+    assert not lean.measured
+    assert lean.total_ms is None and lean.copy_busy_ms is None and lean.compute_busy_ms is None
+    for key in ("copy_busy_ms", "compute_busy_ms", "stall_ms"):
+        assert lean.info[key] is None, key
+    floats = [v for v in lean.info.values() if isinstance(v, float)]
+    floats += [v for v in lean.info["wall_ms_repeats"]]
+    assert all(np.isfinite(floats))
+    row = run_metrics(plan, lean, wl.num_tokens)
+    json.dumps(row, allow_nan=False)
+    assert row["total_ms"] == lean.info["wall_ms"] and row["tokens_per_s"] > 0
+    assert row["copy_busy_ms"] is None and row["stall_ms"] is None
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Weight files
 # ---------------------------------------------------------------------------------------------------------------
@@ -292,7 +319,7 @@ def test_safetensors_round_trip_and_errors(tmp_path):
     back = ExpertWeights.from_safetensors(path, m)
     assert torch.equal(back.host, w.host) and torch.equal(back.nonmoe, w.nonmoe)
     wl = hand_workload(m, batch=2)
-    plan = lru_on_demand_plan(wl, 3)
+    plan = on_demand(wl, 3)
     out, _ = OffloadEngine(m, 3, weights=back, device="cpu").run(plan, wl)
     assert max_rel_error(out, dense_reference(m, w, wl)) <= TOL
 
@@ -329,21 +356,23 @@ def test_host_slab_is_one_allocation():
 
 @pytest.mark.parametrize("protocol", ["batched", "per_item"])
 def test_every_strategy_through_engine(protocol):
+    """Every plannable strategy runs on the engine with the dense reference's outputs, and what the engine did
+    (copies, bytes, COMPUTEs and uses, counted by its issue loop from the tensors it copied) is what the plan asks
+    for and what the simulator timed."""
     from artifact.core.errors import Unrunnable
-    from artifact.planner import plan as schedule
     from artifact.planner import strategies
-    from tests.helpers import TEST_HW, random_workload
+    from artifact.runtime.simulator import simulate
+    from tests.helpers import random_workload
 
-    STRATEGIES = strategies()
     m = ModelSpec("tiny", 3, 8, 2, 32, 64, "swiglu", "float32")
     wl = random_workload(m, batch=3, n_seq=5, seed=11, steps=6)  # carries a lookahead for the predictor arms
     w = weights(m)
     ref = dense_reference(m, w, wl)
     cache = 6  # >= layers * top_k, which mixtral_offloading's per-layer slots need
     plans: dict = {}
-    for name in STRATEGIES:
+    for name in strategies():
         try:
-            plan = schedule(wl, name, cache, protocol, hardware=TEST_HW, belady=plans.get("belady"))
+            plan = make_plan(wl, name, cache, protocol, hardware=TEST_HW, belady=plans.get("belady"))
         except Unrunnable:
             assert name == "oracle" and protocol == "per_item"
             continue
@@ -351,18 +380,17 @@ def test_every_strategy_through_engine(protocol):
         eng = OffloadEngine(m, plan.cache_experts, weights=w, device="cpu")
         out, tl = eng.run(plan, wl, warmup=0)
         assert max_rel_error(out, ref[:out.shape[0]]) <= TOL, name
-        assert tl.info["loads"] == plan.num_loads, name
-        # Same decisions everywhere: the engine's requests, hits, loads and bytes equal the simulator's.
-        from artifact.core.metrics import run_metrics
-        from artifact.runtime.simulator import simulate
-
-        on_engine = run_metrics(plan, tl, wl.num_tokens)
-        on_sim = run_metrics(plan, simulate(plan, wl, TEST_HW), wl.num_tokens)
-        for key in ("requests", "unique_requests", "hits", "demand_loads", "loads", "bytes_h2d", "prefetch_issued",
-                    "prefetch_used", "prefetch_wasted"):
-            assert on_engine[key] == on_sim[key], (name, key)
-        assert tl.info["bytes_h2d"] == on_sim["bytes_h2d"], name  # bytes the engine really copied
-        assert on_engine["executor"] == "engine" and on_sim["executor"] == "simulator"
+        did = tl.info
+        sim = simulate(plan, wl, TEST_HW)
+        on_sim = run_metrics(plan, sim, wl.num_tokens)
+        # Copies and bytes moved: against the plan's LOADs, the simulator's timed LOADs and its bytes_h2d (the
+        # model's expert size, not the engine's tensors).
+        assert did["copies_issued"] == plan.num_loads == sim.load_start.shape[0] == on_sim["loads"], name
+        assert did["bytes_copied"] == plan.num_loads * w.bytes_per_expert == on_sim["bytes_h2d"], name
+        # COMPUTEs and the experts they ran.
+        assert did["computes_issued"] == plan.num_computes == sim.comp_start.shape[0], name
+        assert did["uses_issued"] == int((plan.use_tokens > 0).sum()), name
+        assert run_metrics(plan, tl, wl.num_tokens)["executor"] == "engine" and on_sim["executor"] == "simulator"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -371,7 +399,7 @@ def test_every_strategy_through_engine(protocol):
 
 
 def test_calibrate_cpu_quick_round_trip(tmp_path):
-    from artifact.runtime.calibrate import calibrate
+    from artifact.measure.calibrate import calibrate
     from artifact.runtime.hardware import load_profile
 
     m = tiny("swiglu", 2)
@@ -390,9 +418,9 @@ def test_calibrate_cpu_quick_round_trip(tmp_path):
 
 
 def test_gpu_checks_quick_cpu(tmp_path):
-    from artifact.runtime.gpu_checks import main
+    from artifact.experiments.gpu_checks import main
 
-    assert main(["--out", str(tmp_path), "--quick", "--device", "cpu"]) == 0
+    assert main(["--out", str(tmp_path), "--quick", "--device", "cpu", "--hardware", str(TEST_HW_PATH)]) == 0
     res = json.loads((tmp_path / "gpu_checks.json").read_text())
     checks = res["checks"]
     assert set(checks) == {"copy_efficiency", "host_overhead", "overlap", "peer_accelerate", "correctness"}
@@ -401,10 +429,10 @@ def test_gpu_checks_quick_cpu(tmp_path):
     assert checks["host_overhead"]["rows"] and checks["overlap"]["rows"]
 
 
-def test_synthetic_workload_shape():
+def test_lockstep_workload_shape():
     m = tiny("relu", 1)
-    wl = synthetic_workload(m, batch=4, steps=3)
-    assert wl.steps == 3 and wl.num_tokens == 12
+    wl = lockstep_workload(m, batch=4, steps=3)
+    assert wl.steps == 3 and wl.num_tokens == 12 and (wl.tokens_per_step == 4).all()
     ex = wl.experts.astype(int)
     assert ex.min() >= 0 and ex.max() < m.experts
 
@@ -420,10 +448,10 @@ def test_synthetic_workload_shape():
 def test_gpu_float32_matches_reference(protocol):
     """Real streams and events: a missing dependency would race here, not on the CPU."""
     m = tiny("swiglu", 2, layers=4, experts=16)
-    wl = synthetic_workload(m, batch=8, steps=6, seed=2)
+    wl = lockstep_workload(m, batch=8, steps=6, seed=2)
     w = ExpertWeights.random(m, "float32", seed=4)
     ref = dense_reference(m, w, wl)
-    for plan in (lru_on_demand_plan(wl, 4, protocol=protocol), next_layer_prefetch_plan(wl), gpu_only_plan(wl)):
+    for plan in (on_demand(wl, 4, protocol), next_layer_plan(wl, TEST_HW), gpu_only(wl)):
         eng = OffloadEngine(m, plan.cache_experts, weights=w, device="cuda")
         for timeline in (True, False):
             out, tl = eng.run(plan, wl, repeats=2, warmup=1, timeline=timeline)
@@ -435,10 +463,10 @@ def test_gpu_float32_matches_reference(protocol):
 @gpu
 def test_gpu_bfloat16_paths_match_reference():
     m = ModelSpec("tiny-gpu", 3, 16, 2, 256, 512, "swiglu", "bfloat16")
-    wl = synthetic_workload(m, batch=16, steps=4, seed=3)
+    wl = lockstep_workload(m, batch=16, steps=4, seed=3)
     w = ExpertWeights.random(m, "bfloat16", seed=5)
     ref = dense_reference(m, w, wl)
-    plan = lru_on_demand_plan(wl, 8)
+    plan = on_demand(wl, 8)
     paths = ["loop"] + (["grouped"] if torch.cuda.get_device_capability()[0] in (9, 10) else [])
     for ffn in paths:
         out, tl = OffloadEngine(m, 8, weights=w, device="cuda", ffn=ffn).run(plan, wl, repeats=2)
@@ -449,7 +477,7 @@ def test_gpu_bfloat16_paths_match_reference():
 @pytest.mark.gpu
 @gpu
 def test_gpu_calibrate_quick():
-    from artifact.runtime.calibrate import calibrate
+    from artifact.measure.calibrate import calibrate
 
     prof = calibrate(device="cuda", quick=True, models=["switch-base-128"])
     assert prof.copy_bandwidth_gbps > 1 and prof.extra["device_name"]

@@ -1,1 +1,1 @@
-"""Plans and their executors: the scheduler, the simulator, the engine, hardware profiles."""
+"""Plans and their timing: the scheduler, the simulator, hardware profiles (the engine is :mod:`artifact.engine`)."""

@@ -230,9 +230,13 @@ class Scheduler:
         self.all_slots = np.arange(C)
         self.next_g = 0
 
-    def victims(self, n: int, pinned: np.ndarray, layer: int, g: int, allow_protected: bool) -> np.ndarray:
-        """Up to ``n`` slots to (re)fill, in order: free slots first, then the eviction order."""
+    def victims(self, incoming: np.ndarray, pinned: np.ndarray, layer: int, g: int,
+                allow_protected: bool) -> np.ndarray:
+        """Up to ``len(incoming)`` slots to (re)fill with the experts ``incoming``, paired in order: free slots
+        first, then the eviction order. The strategy sees every incoming expert: the first ones take the free
+        slots, the last ``n`` the slots it evicts."""
         st, strat = self.st, self.strat
+        n = incoming.shape[0]
         allowed = strat.partition(layer)
         out = []
         if st.n_free:
@@ -246,7 +250,7 @@ class Scheduler:
             if allowed is not None:
                 ok &= allowed
             unprot = ok & (st.slot_protect <= g)
-            pick = strat.evict(self.all_slots[unprot], n, g)
+            pick = strat.evict(self.all_slots[unprot], n, g, incoming)
             out.append(pick)
             n -= pick.shape[0]
             if n > 0 and allow_protected:
@@ -295,7 +299,7 @@ class Scheduler:
                 pinned[cs[cs >= 0]] = True
                 miss_idx = np.nonzero(cs < 0)[0]
                 if miss_idx.size:
-                    vic = self.victims(miss_idx.size, pinned, layer, g, True)
+                    vic = self.victims(cg[miss_idx], pinned, layer, g, True)
                     if vic.shape[0] < miss_idx.size:
                         raise RuntimeError(f"scheduler: layer-step {g} needs {miss_idx.size} slots, "
                                            f"found {vic.shape[0]} (cache {C})")
@@ -348,7 +352,7 @@ class Scheduler:
             batches = [(pg[lay == m], pt[lay == m], None if pcopies is None else pcopies[lay == m], int(m))
                        for m in np.unique(lay)]
         for bg, bt, bc, m in batches:
-            vic = self.victims(bg.shape[0], in_use, m, g, False)
+            vic = self.victims(bg, in_use, m, g, False)
             n = vic.shape[0]
             if n == 0:
                 continue

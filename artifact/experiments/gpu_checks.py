@@ -1,4 +1,4 @@
-"""Checks of the engine on a real GPU, for the report: ``python -m artifact.runtime.gpu_checks --out DIR``.
+"""Checks of the engine on a real GPU, for the report: ``python -m artifact.experiments.gpu_checks --out DIR``.
 
 Each check returns a dict of figures with ``rows`` (figure, value, target, met) for the summary table; ``main`` runs
 them all, writes ``DIR/gpu_checks.json`` and prints the table. A missed target is a result, not a failure: the exit
@@ -10,21 +10,21 @@ CPU so the harness itself is tested in CI; its timing figures mean nothing.
    the same size. Target >= 90%.
 2. ``host_overhead``: every expert resident (gpu_only plan), batch 1, 8, 64: time per layer-step beyond the expert
    compute itself. Target <= 50 us. See :func:`host_overhead` for the method.
-3. ``overlap``: a prefetch-heavy plan (each layer's experts copied during the previous layer): run time against
-   max(copy busy, compute busy). Target <= 1.1x.
+3. ``overlap``: a prefetch-heavy plan (``pregated``: each layer's experts copied during the previous layer): run
+   time against max(copy busy, compute busy). Target <= 1.1x.
 4. ``peer_accelerate``: one switch-base-128 MoE layer offloaded with HF ``accelerate.cpu_offload`` against our
    engine's on-demand plan on the same tokens: both step times.
 5. ``correctness``: engine outputs against the dense reference on the GPU (float32: 1e-4; bfloat16: 5e-2), with
    plans that reuse slots hard. On the CPU the engine is synchronous; only a GPU run can show a missing event.
 
-The plans here are built by small local builders (LRU on-demand, exact next-layer prefetch, gpu_only), so the checks
-do not depend on the strategy registry; the LRU builder makes the decisions of MoE-OnDemand under ``batched``.
+The plans come from the one scheduler (:func:`artifact.planner.plan`: ``on_demand``, ``gpu_only``, ``pregated``)
+on a hardware profile (``--hardware``, default ``h200``), and the workloads from the calibrated synthetic generator,
+so the engine is checked on exactly the plans the grids run.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import statistics
 import sys
@@ -39,19 +39,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from artifact.atomicfile import atomic_write_text
-from artifact.core.plan import Plan, PlanBuilder
+from artifact.core.plan import Plan
+from artifact.core.requests import Requests, build_requests
+from artifact.engine import ExpertWeights, OffloadEngine, dense_reference, make_inputs, max_rel_error, token_gates
+from artifact.engine.kernels import RMS_EPS
+from artifact.measure.calibrate import measure_copy
+from artifact.measure.environment import environment, installed_version, utc_now
+from artifact.measure.timers import Timer
 from artifact.models import ModelSpec, get_model
-from artifact.runtime.calibrate import _Timer, measure_copy
-from artifact.runtime.engine import (
-    RMS_EPS,
-    ExpertWeights,
-    OffloadEngine,
-    dense_reference,
-    make_inputs,
-    max_rel_error,
-    token_gates,
-)
-from artifact.traces.trace import Trace, make_meta
+from artifact.planner import plan as make_plan
+from artifact.runtime.hardware import HardwareProfile, load_profile
+from artifact.traces.synthetic import generate
 from artifact.traces.workload import Workload, decode_workload
 
 # The tiny model of --quick: Switch-shaped (relu, top-1), small enough for the CPU.
@@ -64,154 +62,26 @@ QUICK_MODEL = ModelSpec("tiny-switch", moe_layers=2, experts=16, top_k=1, d_mode
 # --------------------------------------------------------------------------------------------------------------
 
 
-def synthetic_workload(model: ModelSpec, batch: int, steps: int, seed: int = 0, skew: float = 0.8) -> Workload:
-    """``batch`` sequences of ``steps`` tokens decoded in lockstep; each token's top-k experts drawn without
-    replacement from a Zipf(``skew``) popularity over a random per-layer order (Gumbel top-k); random gates."""
-    rng = np.random.default_rng(seed)
-    L, E, K = model.moe_layers, model.experts, model.top_k
-    T = batch * steps
-    logp = -skew * np.log(np.arange(1, E + 1))  # [E]
-    perm = np.stack([rng.permutation(E) for _ in range(L)])  # [L, E]: expert of each popularity rank
-    keys = logp[None, None, :] + rng.gumbel(size=(T, L, E))  # [T, L, E]
-    ranks = np.argsort(-keys, axis=2)[:, :, :K]  # [T, L, K]
-    experts = np.take_along_axis(np.broadcast_to(perm[None], (T, L, E)), ranks, axis=2).astype(np.int16)
-    g = rng.random((T, L, K)) + 0.1
-    gates = (g / g.sum(axis=2, keepdims=True)).astype(np.float16)
-    offsets = np.arange(0, T + 1, steps, dtype=np.int64)
-    tr = Trace(experts, offsets, make_meta(model.name, E, "synthetic:gpu_checks", {"seed": seed, "skew": skew}),
-               gates=gates)
-    return decode_workload(tr, batch, model=model)
+def lockstep_workload(model: ModelSpec, batch: int, steps: int, seed: int = 0) -> Workload:
+    """``batch`` sequences of exactly ``steps`` tokens decoded in lockstep (every step runs the whole batch), routed
+    by the calibrated synthetic generator (the model's preset parameters, else the generic ones)."""
+    trace = generate(model, batch, steps, seed, lengths=[steps] * batch)
+    return decode_workload(trace, batch, steps, model=model)
 
 
-def _layer_step_groups(wl: Workload, g: int, per_item: bool) -> list[tuple[int, np.ndarray, np.ndarray]]:
-    """(item, unique gids, token counts) of layer-step ``g``: one group, or one per batch item."""
-    L, E = wl.layers, wl.model.experts
-    s, layer = divmod(g, L)
-    a, b = int(wl.step_offsets[s]), int(wl.step_offsets[s + 1])
-    ex = wl.experts[a:b, layer, :].astype(np.int64) + layer * E  # [n, K]
-    if not per_item:
-        u, c = np.unique(ex, return_counts=True)
-        return [(-1, u, c)]
-    items = wl.item[a:b]
-    out = []
-    for it in np.unique(items):
-        u, c = np.unique(ex[items == it], return_counts=True)
-        out.append((int(it), u, c))
-    return out
+def planned(wl: Workload, strategy: str, cache_experts: int, hardware: HardwareProfile, protocol: str = "batched",
+            requests: Requests | None = None) -> Plan:
+    """``strategy``'s plan of ``wl`` from the one scheduler (seed 0)."""
+    return make_plan(wl, strategy, cache_experts, protocol, 0, hardware, requests)
 
 
-def gpu_only_plan(wl: Workload, protocol: str = "batched") -> Plan:
-    """Every expert resident from the start (slot = gid): no LOADs; one COMPUTE per layer-step (or per item)."""
-    L, E = wl.layers, wl.model.experts
-    pb = PlanBuilder()
-    for g in range(wl.steps * L):
-        for item, gids, cnt in _layer_step_groups(wl, g, protocol == "per_item"):
-            n = gids.shape[0]
-            pb.compute(g, item, gids.tolist(), gids.tolist(), [-1] * n, cnt.tolist(), [True] * n)
-    return pb.build(model=wl.model, strategy="gpu_only", protocol=protocol, cache_experts=L * E, batch=wl.batch,
-                    steps=wl.steps, layers=L, requests=int(wl.experts.size),
-                    resident_at_start=np.arange(L * E, dtype=np.int32))
-
-
-def lru_on_demand_plan(wl: Workload, cache_experts: int, protocol: str = "batched") -> Plan:
-    """MoE-OnDemand: fetch on use, evict the least recently used slot (free slots first).
-
-    ``per_item``: an expert loaded during a layer-step for one batch item is loaded again for another (the seed's
-    accounting). A group needing more experts than slots runs in chunks, residents first.
-    """
-    L, C = wl.layers, cache_experts
-    if C < wl.top_k:
-        raise ValueError(f"lru_on_demand_plan: cache_experts {C} < top_k {wl.top_k}")
-    per_item = protocol == "per_item"
-    slot_gid = np.full(C, -1, np.int64)
-    where: dict[int, int] = {}
-    last_use = np.full(C, -1, np.int64)
-    reader = np.full(C, -1, np.int64)
-    sload = np.full(C, -1, np.int64)
-    fill_ls = np.full(C, -1, np.int64)
-    fill_item = np.full(C, -1, np.int64)
-    clock = 0
-    pb = PlanBuilder()
-    for g in range(wl.steps * L):
-        for item, gids, cnt in _layer_step_groups(wl, g, per_item):
-            resident = np.array([gd in where for gd in gids.tolist()], bool)
-            order = np.argsort(~resident, kind="stable")
-            for k in range(0, gids.shape[0], C):
-                ch = order[k:k + C]
-                cg, cc = gids[ch], cnt[ch]
-                slots = np.array([where.get(int(gd), -1) for gd in cg], np.int64)
-                hit = slots >= 0
-                if per_item:
-                    stale = hit & (fill_ls[np.maximum(slots, 0)] == g) & (fill_item[np.maximum(slots, 0)] != item)
-                    reload = stale
-                else:
-                    reload = np.zeros_like(hit)
-                pinned = np.zeros(C, bool)
-                pinned[slots[hit]] = True
-                for i in np.nonzero(~hit)[0]:
-                    free = np.nonzero((slot_gid < 0) & ~pinned)[0]
-                    if free.size:
-                        v = int(free[0])
-                    else:
-                        cand = np.nonzero(~pinned)[0]
-                        v = int(cand[np.argmin(last_use[cand])])
-                        del where[int(slot_gid[v])]
-                    slot_gid[v] = cg[i]
-                    where[int(cg[i])] = v
-                    pinned[v] = True
-                    slots[i] = v
-                load_idx = np.nonzero(~hit | reload)[0]
-                for i in load_idx:
-                    v = int(slots[i])
-                    sload[v] = pb.load(int(cg[i]), v, g, int(reader[v]), False)
-                    fill_ls[v], fill_item[v] = g, item
-                hits = (hit & ~reload).tolist()
-                c = pb.compute(g, item, cg.tolist(), slots.tolist(), sload[slots].tolist(), cc.tolist(), hits)
-                reader[slots] = c
-                last_use[slots] = clock + np.arange(slots.shape[0])
-                clock += slots.shape[0]
-    return pb.build(model=wl.model, strategy="lru_on_demand", protocol=protocol, cache_experts=C, batch=wl.batch,
-                    steps=wl.steps, layers=L, requests=int(wl.experts.size))
-
-
-def max_unique_per_layer_step(wl: Workload) -> int:
-    return max(gids.shape[0] for g in range(wl.steps * wl.layers) for _, gids, _ in _layer_step_groups(wl, g, False))
-
-
-def next_layer_prefetch_plan(wl: Workload, cache_experts: int | None = None) -> Plan:
-    """Double buffer with exact next-layer prefetch (Pre-gated MoE as built, where the pre-gate is the next router):
-    after layer-step ``g``'s COMPUTE, every expert of ``g + 1`` is copied into the other half of the slots, gated on
-    ``g``'s NON-MoE op; only the first layer-step loads on demand. ``cache_experts`` defaults to twice the largest
-    number of experts one layer-step needs."""
-    L = wl.layers
-    half = max_unique_per_layer_step(wl)
-    C = 2 * half if cache_experts is None else cache_experts
-    if C // 2 < half:
-        raise ValueError(f"next_layer_prefetch_plan: a layer-step needs {half} experts; cache_experts {C} gives each "
-                         f"half only {C // 2}")
-    half = C // 2
-    G = wl.steps * L
-    reader = np.full(C, -1, np.int64)
-    pb = PlanBuilder()
-    groups = [_layer_step_groups(wl, g, False)[0] for g in range(G)]
-    pending: list[int] = []
-    for g in range(G):
-        _, gids, cnt = groups[g]
-        slots = (g % 2) * half + np.arange(gids.shape[0])
-        if g == 0:
-            first = pb.next_load
-            pb.loads(gids.tolist(), slots.tolist(), 0, reader[slots].tolist(), False)
-            pending = list(range(first, first + gids.shape[0]))
-        c = pb.compute(g, -1, gids.tolist(), slots.tolist(), pending, cnt.tolist(), [g > 0] * gids.shape[0])
-        reader[slots] = c
-        if g + 1 < G:
-            _, ngids, _ = groups[g + 1]
-            nslots = ((g + 1) % 2) * half + np.arange(ngids.shape[0])
-            first = pb.next_load
-            pb.loads(ngids.tolist(), nslots.tolist(), g, reader[nslots].tolist(), True)
-            pending = list(range(first, first + ngids.shape[0]))
-    return pb.build(model=wl.model, strategy="next_layer_prefetch", protocol="batched", cache_experts=C,
-                    batch=wl.batch, steps=wl.steps, layers=L, requests=int(wl.experts.size))
+def next_layer_plan(wl: Workload, hardware: HardwareProfile) -> Plan:
+    """``pregated`` (Pre-gated MoE as built: the pre-gate is the next router, so each prefetch is exactly the next
+    layer's experts) with twice the slots the busiest layer-step needs: the running layer's experts and the next
+    layer's fit side by side, so every prefetch lands and nothing waits on an eviction."""
+    req = build_requests(wl)
+    busiest = int(np.diff(req.batched.grp_off).max()) if req.batched.grp_off.shape[0] > 1 else 1
+    return planned(wl, "pregated", 2 * busiest, hardware, requests=req)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -252,15 +122,15 @@ def _row(figure: str, value: float, target: str, met: bool | None) -> dict:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def copy_efficiency(device: str | None = None, quick: bool = False, layers: int = 2, batch: int = 8,
-                    steps: int = 8, cache_experts: int = 16, repeats: int = 3) -> dict:
+def copy_efficiency(hardware: HardwareProfile, device: str | None = None, quick: bool = False, layers: int = 2,
+                    batch: int = 8, steps: int = 8, cache_experts: int = 16, repeats: int = 3) -> dict:
     """LOAD bytes over copy-link busy time, against the pinned peak measured at the expert's size."""
     dev = _device(device)
     model = _model(quick, layers)
     dtype = model.dtype
     w = _weights(model, dtype)
-    wl = synthetic_workload(model, batch, steps, seed=1)
-    plan = lru_on_demand_plan(wl, cache_experts)
+    wl = lockstep_workload(model, batch, steps, seed=1)
+    plan = planned(wl, "on_demand", cache_experts, hardware)
     eng = OffloadEngine(model, cache_experts, weights=w, device=dev)
     _, tl = eng.run(plan, wl, repeats=repeats, warmup=1, timeline=True)
     nbytes = eng.bytes_per_expert
@@ -319,12 +189,12 @@ def _ffn_only_ms(eng: OffloadEngine, plan: Plan, wl: Workload, repeats: int) -> 
     else:
         method = "cpu perf_counter"
     with torch.inference_mode():
-        ms, _ = _Timer(eng.device)(all_ffn, repeats)
+        ms, _ = Timer(eng.device)(all_ffn, repeats)
     return ms, method
 
 
-def host_overhead(device: str | None = None, quick: bool = False, batches: tuple[int, ...] = (1, 8, 64),
-                  layers: int = 4, steps: int = 16, repeats: int = 5) -> dict:
+def host_overhead(hardware: HardwareProfile, device: str | None = None, quick: bool = False,
+                  batches: tuple[int, ...] = (1, 8, 64), layers: int = 4, steps: int = 16, repeats: int = 5) -> dict:
     """Time per layer-step beyond the expert compute itself, every expert resident (switch-base-128).
 
     Method: the gpu_only plan (no LOADs) of ``steps`` decode steps at batch B runs on the engine in lean mode
@@ -345,8 +215,8 @@ def host_overhead(device: str | None = None, quick: bool = False, batches: tuple
     eng = OffloadEngine(model, L * E, weights=w, device=dev)
     out: dict = {"model": model.name, "layers": L, "steps": steps, "ffn_path": eng.ffn, "per_batch": {}, "rows": []}
     for B in batches:
-        wl = synthetic_workload(model, B, steps, seed=2)
-        plan = gpu_only_plan(wl)
+        wl = lockstep_workload(model, B, steps, seed=2)
+        plan = planned(wl, "gpu_only", L * E, hardware)
         G = plan.layer_steps
         _, lean = eng.run(plan, wl, repeats=repeats, warmup=2, timeline=False)
         _, timed = eng.run(plan, wl, repeats=1, warmup=0, timeline=True)
@@ -368,9 +238,10 @@ def host_overhead(device: str | None = None, quick: bool = False, batches: tuple
     return out
 
 
-def overlap(device: str | None = None, quick: bool = False, batches: tuple[int, ...] = (8, 64), layers: int = 4,
-            steps: int = 4, repeats: int = 3) -> dict:
-    """Run time of a prefetch-heavy plan against max(copy busy, compute busy): 1.0 is perfect overlap."""
+def overlap(hardware: HardwareProfile, device: str | None = None, quick: bool = False,
+            batches: tuple[int, ...] = (8, 64), layers: int = 4, steps: int = 4, repeats: int = 3) -> dict:
+    """Run time of a prefetch-heavy plan (``pregated``) against max(copy busy, compute busy): 1.0 is perfect
+    overlap."""
     dev = _device(device)
     if quick:
         batches, steps = tuple(b for b in batches if b <= 8) or (1,), min(steps, 2)
@@ -378,8 +249,8 @@ def overlap(device: str | None = None, quick: bool = False, batches: tuple[int, 
     w = _weights(model, model.dtype)
     out: dict = {"model": model.name, "layers": model.moe_layers, "steps": steps, "per_batch": {}, "rows": []}
     for B in batches:
-        wl = synthetic_workload(model, B, steps, seed=3)
-        plan = next_layer_prefetch_plan(wl)
+        wl = lockstep_workload(model, B, steps, seed=3)
+        plan = next_layer_plan(wl, hardware)
         eng = OffloadEngine(model, plan.cache_experts, weights=w, device=dev)
         _, tl = eng.run(plan, wl, repeats=repeats, warmup=1, timeline=True)
         _, lean = eng.run(plan, wl, repeats=repeats, warmup=1, timeline=False)
@@ -436,8 +307,8 @@ class _PeerMoE(nn.Module):
         return h
 
 
-def peer_accelerate(device: str | None = None, quick: bool = False, batch: int = 8, steps: int = 8,
-                    cache_experts: int = 32, repeats: int = 3) -> dict:
+def peer_accelerate(hardware: HardwareProfile, device: str | None = None, quick: bool = False, batch: int = 8,
+                    steps: int = 8, cache_experts: int = 32, repeats: int = 3) -> dict:
     """One switch-base-128 MoE layer: HF ``accelerate.cpu_offload`` vs the engine's LRU on-demand plan, same tokens.
 
     The peer keeps the layer's weights in a CPU state dict and, through hooks on each expert submodule, copies a
@@ -454,9 +325,9 @@ def peer_accelerate(device: str | None = None, quick: bool = False, batch: int =
         steps = min(steps, 4)
     model = replace(_model(quick, 1), moe_layers=1)
     w = _weights(model, model.dtype)
-    wl = synthetic_workload(model, batch, steps, seed=4)
+    wl = lockstep_workload(model, batch, steps, seed=4)
     ref = dense_reference(model, w, wl, device=dev)
-    plan = lru_on_demand_plan(wl, min(cache_experts, model.experts))
+    plan = planned(wl, "on_demand", min(cache_experts, model.experts), hardware)
     eng = OffloadEngine(model, plan.cache_experts, weights=w, device=dev)
     ours_out, ours = eng.run(plan, wl, repeats=repeats, warmup=1, timeline=False)
     ours_step = ours.info["wall_ms"] / wl.steps
@@ -506,8 +377,8 @@ def peer_accelerate(device: str | None = None, quick: bool = False, batch: int =
     }
 
 
-def correctness(device: str | None = None, quick: bool = False, layers: int = 2, batch: int = 8,
-                steps: int = 4) -> dict:
+def correctness(hardware: HardwareProfile, device: str | None = None, quick: bool = False, layers: int = 2,
+                batch: int = 8, steps: int = 4) -> dict:
     """Engine against the dense reference on this device, with plans that reuse slots hard (races would show)."""
     dev = _device(device)
     if quick:
@@ -516,11 +387,11 @@ def correctness(device: str | None = None, quick: bool = False, layers: int = 2,
     for dtype, tol in (("float32", 1e-4), ("bfloat16", 5e-2)):
         model = _model(quick, layers).with_dtype(dtype)
         w = _weights(model, dtype)
-        wl = synthetic_workload(model, batch, steps, seed=5)
+        wl = lockstep_workload(model, batch, steps, seed=5)
         ref = dense_reference(model, w, wl, device=dev)
-        plans = {"lru_small_cache": lru_on_demand_plan(wl, max(model.top_k, 2)),
-                 "lru_per_item": lru_on_demand_plan(wl, max(2 * model.top_k, 4), protocol="per_item"),
-                 "next_layer_prefetch": next_layer_prefetch_plan(wl)}
+        plans = {"lru_small_cache": planned(wl, "on_demand", max(model.top_k, 2), hardware),
+                 "lru_per_item": planned(wl, "on_demand", max(2 * model.top_k, 4), hardware, "per_item"),
+                 "next_layer_prefetch": next_layer_plan(wl, hardware)}
         for pname, plan in plans.items():
             eng = OffloadEngine(model, plan.cache_experts, weights=w, device=dev)
             got, tl = eng.run(plan, wl, repeats=1, warmup=1, timeline=False)
@@ -542,18 +413,10 @@ CHECKS = {
 }
 
 
-def _environment(dev: torch.device, quick: bool) -> dict:
-    env = {"date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(), "torch": torch.__version__,
-           "cuda": torch.version.cuda, "device": str(dev), "quick": quick}
-    if dev.type == "cuda":
-        env["device_name"] = torch.cuda.get_device_name(dev)
-    try:
-        import accelerate
-
-        env["accelerate"] = accelerate.__version__
-    except ImportError:
-        env["accelerate"] = None
-    return env
+def _environment(dev: torch.device, quick: bool, hardware: HardwareProfile) -> dict:
+    """The shared environment record plus what is particular to these checks (device, sizes, profile, peer)."""
+    return {**environment(), "date": utc_now(), "device": str(dev), "quick": quick, "hardware": hardware.name,
+            "accelerate": installed_version("accelerate")}
 
 
 def _json_default(o):
@@ -565,22 +428,26 @@ def _json_default(o):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m artifact.runtime.gpu_checks", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m artifact.experiments.gpu_checks",
+                                 description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="folder for gpu_checks.json")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (forced without CUDA)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--checks", nargs="*", default=list(CHECKS), choices=list(CHECKS))
+    ap.add_argument("--hardware", default="h200",
+                    help="hardware profile the plans are made on: a name in results/hardware/ or a JSON path")
     args = ap.parse_args(argv)
+    hardware = load_profile(args.hardware)
     dev = _device(args.device)
     quick = args.quick or dev.type != "cuda"
     if quick and not args.quick:
         print("gpu_checks: no CUDA device: running --quick on the CPU (timing figures are meaningless)")
-    results = {"environment": _environment(dev, quick), "checks": {}}
+    results = {"environment": _environment(dev, quick, hardware), "checks": {}}
     crashed = []
     for name in args.checks:
         t0 = time.perf_counter()
         try:
-            res = CHECKS[name](device=str(dev), quick=quick)
+            res = CHECKS[name](hardware, device=str(dev), quick=quick)
         except Exception as exc:  # a crash is recorded and reported; the other checks still run
             res = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(), "rows": []}
             crashed.append(name)

@@ -6,36 +6,38 @@ What is measured, and how (the simulator times plans from exactly these tables):
   device buffer; each size is copied ``repeats`` times back to back on a dedicated copy stream, every copy between
   its own pair of CUDA events; the table holds the median ms. ``extra["copy_gbps"]`` keeps the GB/s per size.
 - **Expert FFN** against tokens (1, 2, 4, ..., 4096) for every model preset, through the engine's own COMPUTE code
-  (:class:`~artifact.runtime.engine.ExpertKernels`: gather + FFN + gate + scatter-add, on the FFN path the engine
+  (:class:`~artifact.engine.kernels.ExpertKernels`: gather + FFN + gate + scatter-add, on the FFN path the engine
   picks for this device and dtype) with one expert per COMPUTE. ``extra["ffn_group_tables"]`` adds the time per
   expert when one COMPUTE runs ``group`` experts of ``t`` tokens each: on the grouped path a COMPUTE's fixed cost is
   shared by its experts, which one-expert timings cannot show.
 - **NON-MoE stand-in** (RMSNorm + ``[d_model x d_model]`` matmul + residual add) against tokens in the step, at the
   first model's ``d_model``; every model's table is in ``extra["nonmoe_tables"]``.
 - **Host issue costs** (``host_issue_us``): microseconds of host time per NON-MoE op, LOAD, COMPUTE and expert in
-  a COMPUTE, fitted to lean engine runs (``measure_host_issue``).
+  a COMPUTE, fitted to lean engine runs (``measure_host_issue``), whose plans come from the one scheduler
+  (:func:`artifact.planner.plan`) on the profile measured so far.
 - **COMPUTE grid** (``compute_tables``, what the simulator times COMPUTEs with): one COMPUTE of ``n`` experts with
   ``t`` tokens each, for ``n`` in ``GRID_EXPERTS`` (up to the model's experts) and ``t`` in ``GRID_TOKENS``.
 
-Device times are GPU times: a spin kernel (``torch.cuda._sleep``) holds the stream while the host queues all
-repeats, so the events time the kernels, not Python's launch rate. The host's own issue time per call is in
-``extra["ffn_issue_us"]`` (what bounds a host-bound engine). On the CPU everything is synchronous and timed with
-``perf_counter``; ``quick=True`` uses few sizes and repeats so a test can run it.
+Device times are GPU times (:class:`~artifact.measure.timers.Timer`): a spin kernel (``torch.cuda._sleep``) holds
+the stream while the host queues all repeats, so the events time the kernels, not Python's launch rate. The host's
+own issue time per call is in ``extra["ffn_issue_us"]`` (what bounds a host-bound engine). On the CPU everything is
+synchronous and timed with ``perf_counter``; ``quick=True`` uses few sizes and repeats so a test can run it.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import platform
-import statistics
-import subprocess
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import replace
 
+import numpy as np
 import torch
 
+from artifact.engine.kernels import ExpertKernels, grouped_mm_supported
+from artifact.engine.weights import expert_layout, expert_numel, torch_dtype
+from artifact.measure.environment import device_name, driver_version, gpu_family, utc_now
+from artifact.measure.timers import Timer
 from artifact.models import PRESETS, ModelSpec, get_model
-from artifact.runtime.engine import ExpertKernels, expert_layout, expert_numel, grouped_mm_supported, torch_dtype
 from artifact.runtime.hardware import HardwareProfile, save_profile
 
 MB = 1_000_000
@@ -49,49 +51,6 @@ GRID_EXPERTS = (1, 2, 4, 8, 16, 32, 64)
 GRID_TOKENS = (1, 2, 4, 8, 16, 32, 64, 256, 1024)
 QUICK_GRID_EXPERTS = (1, 2)
 QUICK_GRID_TOKENS = (1, 4)
-
-
-class _Timer:
-    """Times ``fn`` ``repeats`` times: CUDA events around each call (GPU time, host queued ahead), or perf_counter."""
-
-    def __init__(self, device: torch.device, stream: torch.cuda.Stream | None = None) -> None:
-        self.device = device
-        self.cuda = device.type == "cuda"
-        self.stream = stream
-
-    def __call__(self, fn: Callable[[], None], repeats: int, warmup: int = 2) -> tuple[float, float]:
-        """(median ms per call, median host issue us per call)."""
-        if not self.cuda:
-            for _ in range(warmup):
-                fn()
-            ts = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                fn()
-                ts.append((time.perf_counter() - t0) * 1e3)
-            med = statistics.median(ts)
-            return med, med * 1e3
-        stream = self.stream or torch.cuda.current_stream(self.device)
-        with torch.cuda.stream(stream):
-            for _ in range(warmup):
-                fn()
-            torch.cuda.synchronize(self.device)
-            t0 = time.perf_counter()
-            fn()
-            issue_s = time.perf_counter() - t0
-            torch.cuda.synchronize(self.device)
-            ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
-            # Hold the stream while the host queues every repeat (~2 GHz: 2e6 cycles per ms), capped at 2 s.
-            hold_ms = min(2000.0, 1.5 * repeats * issue_s * 1e3 + 1.0)
-            torch.cuda._sleep(int(hold_ms * 2e6))
-            t1 = time.perf_counter()
-            for a, b in ev:
-                a.record(stream)
-                fn()
-                b.record(stream)
-            issue_us = (time.perf_counter() - t1) / repeats * 1e6
-            torch.cuda.synchronize(self.device)
-        return statistics.median(a.elapsed_time(b) for a, b in ev), issue_us
 
 
 def _copy_buffers(max_bytes: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,7 +70,7 @@ def measure_copy(device: str | torch.device = "cuda", sizes_bytes: Sequence[int]
         raise ValueError("measure_copy: no sizes given")
     src, dst = _copy_buffers(max(sizes), dev)
     stream = torch.cuda.Stream(dev) if dev.type == "cuda" else None
-    timer = _Timer(dev, stream)
+    timer = Timer(dev, stream)
     out = []
     for n in sizes:
         s, d = src[:n], dst[:n]
@@ -148,7 +107,7 @@ def measure_ffn(model: ModelSpec, device: str | torch.device = "cuda", dtype: st
     x = torch.randn(group * tmax, model.d_model, generator=gen, device=dev).to(dt)  # [R, D]
     out = torch.zeros(group * tmax, model.d_model, device=dev, dtype=dt)  # [R, D]
     kernels.ensure_capacity(group * tmax if ffn == "grouped" else tmax)
-    timer = _Timer(dev)
+    timer = Timer(dev)
     table, issue = [], []
     for t in tokens:
         n = group * t
@@ -175,7 +134,7 @@ def measure_nonmoe(d_model: int, device: str | torch.device = "cuda", dtype: str
     tmax = max(tokens)
     h_all = torch.randn(tmax, d_model, generator=gen, device=dev).to(dt)  # [T, D]
     x_all = torch.empty(tmax, d_model, device=dev, dtype=dt)
-    timer = _Timer(dev)
+    timer = Timer(dev)
     table = []
     for t in tokens:
         h, x = h_all[:t], x_all[:t]
@@ -185,34 +144,38 @@ def measure_nonmoe(d_model: int, device: str | torch.device = "cuda", dtype: str
     return table
 
 
-def measure_host_issue(model: ModelSpec, device: str | torch.device = "cuda", dtype: str = "bfloat16",
-                       repeats: int = 15, layers: int = 4, steps: int = 2, quick: bool = False) -> dict:
+def measure_host_issue(model: ModelSpec, hardware: HardwareProfile, device: str | torch.device = "cuda",
+                       dtype: str = "bfloat16", repeats: int = 15, layers: int = 4, steps: int = 2,
+                       quick: bool = False) -> dict:
     """Host time the engine spends issuing each kind of operation (lean runs: no timeline events).
 
     Runs the engine on short plans (``steps`` x ``layers`` layer-steps, so that the device's launch queue never
     fills and blocks the host, which would time the GPU instead) with and without copies, batched and per item, at
-    batch 1, 8 and 64 (a ``layers``-layer slice of the model's expert shape, random skewed routing); takes the median
-    host issue time of ``repeats`` runs of each and fits, by least squares, ``issue = a * NON-MoE ops + b * LOADs +
-    c * COMPUTEs + d * experts in COMPUTEs`` (microseconds per op, clipped at zero). When the device is faster
-    than this, the engine is host-bound; the simulator adds these costs as a third resource (the issuing thread).
+    batch 1, 8 and 64 (a ``layers``-layer slice of the model's expert shape, synthetic routing; ``gpu_only`` and
+    ``on_demand`` plans of the one scheduler, which needs ``hardware`` although these two strategies' decisions do
+    not read it); takes the median host issue time of ``repeats`` runs of each and fits, by least squares,
+    ``issue = a * NON-MoE ops + b * LOADs + c * COMPUTEs + d * experts in COMPUTEs`` (microseconds per op, clipped
+    at zero). When the device is faster than this, the engine is host-bound; the simulator adds these costs as a
+    third resource (the issuing thread).
     """
-    from dataclasses import replace as _replace
-
-    import numpy as np
-
-    from artifact.runtime.engine import ExpertWeights, OffloadEngine
-    from artifact.runtime.gpu_checks import gpu_only_plan, lru_on_demand_plan, synthetic_workload
+    from artifact.engine import ExpertWeights, OffloadEngine
+    from artifact.planner import plan as make_plan
+    from artifact.traces.synthetic import generate
+    from artifact.traces.workload import decode_workload
 
     dev = torch.device(device)
-    spec = _replace(model, name=f"{model.name}-slice", moe_layers=min(layers, model.moe_layers))
+    spec = replace(model, name=f"{model.name}-slice", moe_layers=min(layers, model.moe_layers))
     weights = ExpertWeights.random(spec, dtype=dtype, seed=0)
     eng = OffloadEngine(spec, spec.total_experts, weights=weights, device=dev)
     rows, ys = [], []
     batches = (1, 8) if quick else (1, 8, 64)
     for b in batches:
-        wl = synthetic_workload(spec, b, steps, seed=b)
-        plans = [gpu_only_plan(wl), gpu_only_plan(wl, "per_item"), lru_on_demand_plan(wl, spec.top_k * max(b, 2)),
-                 lru_on_demand_plan(wl, spec.top_k * max(b, 2), "per_item")]
+        # b sequences of exactly `steps` tokens: every step runs the whole batch.
+        wl = decode_workload(generate(spec, b, steps, b, lengths=[steps] * b), b, steps, model=spec)
+        cache = spec.top_k * max(b, 2)
+        plans = [make_plan(wl, strategy, slots, protocol, 0, hardware)
+                 for strategy, slots in (("gpu_only", spec.total_experts), ("on_demand", cache))
+                 for protocol in ("batched", "per_item")]
         for plan in plans:
             _, tl = eng.run(plan, wl, repeats=3 if quick else repeats, warmup=1, timeline=False)
             issue = tl.info["issue_ms"]  # median over the repeats
@@ -231,25 +194,6 @@ def measure_host_issue(model: ModelSpec, device: str | torch.device = "cuda", dt
             "use_us": float(coef[3]), "fit_max_rel_err": float(np.max(np.abs(fit - y) / np.maximum(y, 1e-9))),
             "runs": [{"nonmoe": r[0], "loads": r[1], "computes": r[2], "uses": r[3], "issue_us": v}
                      for r, v in zip(rows, ys)]}
-
-
-def _driver_version() -> str:
-    try:
-        res = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10, check=False)
-        return res.stdout.strip().splitlines()[0] if res.returncode == 0 and res.stdout.strip() else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _profile_name(device: torch.device) -> str:
-    if device.type != "cuda":
-        return "cpu"
-    name = torch.cuda.get_device_name(device)
-    for tag in ("H200", "H100", "A100", "L40S", "B200"):
-        if tag in name.upper():
-            return tag.lower()
-    return "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")
 
 
 def calibrate(device: str = "cuda", models: Sequence[str | ModelSpec] | None = None, out: str | None = None,
@@ -288,22 +232,25 @@ def calibrate(device: str = "cuda", models: Sequence[str | ModelSpec] | None = N
             tab_n, _, _ = measure_ffn(spec, dev, dtype, g_tok, reps, group=n, ffn=ffn)
             rows.append([ms * n for _, ms in tab_n])  # ms per expert -> ms per COMPUTE
         compute_tables[spec.name] = {"experts": g_exp, "tokens": g_tok, "ms": rows}
-    host_issue = measure_host_issue(specs[0], dev, dtype, quick=quick)
-    if dev.type == "cuda":
-        dev_name, driver, cuda_v = torch.cuda.get_device_name(dev), _driver_version(), torch.version.cuda
-    else:
-        dev_name, driver, cuda_v = f"cpu ({platform.processor() or platform.machine()})", "n/a", None
-    now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    dev_name = device_name(dev)
+    driver, cuda_v = (driver_version(), torch.version.cuda) if dev.type == "cuda" else ("n/a", None)
+    now = utc_now()
     first = specs[0]
-    profile = HardwareProfile(
-        name=name or _profile_name(dev),
-        description=f"{dev_name}, calibrated by artifact.runtime.calibrate ({dtype}, {path} FFN path, "
+    measured = HardwareProfile(
+        name=name or gpu_family(dev),
+        description=f"{dev_name}, calibrated by artifact.measure.calibrate ({dtype}, {path} FFN path, "
                     f"median of {reps})",
         copy_table=tuple(copy_table),
         ffn_tables=ffn_tables,
         nonmoe_table=tuple((t, ms) for t, ms in nonmoe_tables[first.name]),
-        source=f"artifact.runtime.calibrate on {now}",
+        source=f"artifact.measure.calibrate on {now}",
         compute_tables=compute_tables,
+    )
+    # The host-issue runs are planned on the profile measured so far (planning needs one; gpu_only and on_demand
+    # decide without reading it), then their fit completes it.
+    host_issue = measure_host_issue(first, measured, dev, dtype, quick=quick)
+    profile = replace(
+        measured,
         host_issue_us={k: host_issue[k] for k in ("nonmoe_us", "load_us", "compute_us", "use_us")},
         extra={
             "device_name": dev_name,
@@ -335,7 +282,7 @@ def calibrate(device: str = "cuda", models: Sequence[str | ModelSpec] | None = N
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m artifact.runtime.calibrate", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m artifact.measure.calibrate", description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--models", nargs="*", default=None, help="preset names (default: all)")
     ap.add_argument("--out", default=None, help="profile JSON path (written atomically)")

@@ -1,11 +1,16 @@
-"""The report: a pure function of the CSV rows (byte-identical rebuilds), every seed claim checked with a verdict,
-the definitions printed, every figure written; and the table functions on hand-made rows with known answers.
+"""The report: a pure function of the CSV and JSON files (byte-identical rebuilds), every seed claim checked with a
+verdict, the definitions printed, every figure written, refusals shown as such and never a NaN; the step timelines
+the runner saves and the figure reads; no planning or simulation inside the report; and the table functions on
+hand-made rows with known answers.
 
 The CSV rows come from the real runner on a tiny grid (8 decode steps, a 64 x 16-token synthetic pool), so the
 test exercises the same files a full run writes."""
 
 from __future__ import annotations
 
+import ast
+import json
+import re
 import shutil
 from pathlib import Path
 
@@ -13,13 +18,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from artifact.experiments.grids import SWITCH_MINI, Grid, Point
-from artifact.experiments.runner import run_grid
-from artifact.experiments.runs import WorkloadSpec
+from artifact.experiments.grids import SWITCH_MINI, TIMELINE_STRATEGIES, Grid, Point, mark_timelines
+from artifact.experiments.runner import TIMELINES_FILE, read_rows, run_grid, step_timeline
+from artifact.experiments.runs import WorkloadSpec, load_trace, make_workload, simulate_one
 from artifact.experiments.schema import FIELDS
+from artifact.report import claims as C
+from artifact.report import figures as F
+from artifact.report import load as L
+from artifact.report import metrics as M
 from artifact.report import tables as T
-from artifact.report.build import build_report, read_raw
+from artifact.report.build import build_report
 from artifact.runtime.hardware import load_profile, save_profile
+from artifact.runtime.simulator import simulate
 from tests.helpers import DATA
 
 SIM_STRATEGIES = ("on_demand", "pregated", "expertflow", "topk", "multi_lookahead", "intelligent_dedup", "belady",
@@ -37,6 +47,7 @@ def _tiny_grids() -> list[Grid]:
             for b in (1, 8, 64):
                 for proto in (("batched", "per_item") if cache == 128 else ("batched",)):
                     sim += [Point("sim", MODEL, ws, b, cache, proto, s, 8) for s in SIM_STRATEGIES]
+    sim = mark_timelines(sim, seed=0, cache=128)  # batch 8: the timeline figure's three strategies
     ws0 = WorkloadSpec(MODEL, None, 64, 16, 0)
     cpu = [Point("cpu_engine", MODEL, ws0, b, 128, "batched", s, 2, "engine", 1, SWITCH_MINI)
            for b in (1, 8) for s in ("on_demand", "intelligent_dedup")]
@@ -84,16 +95,16 @@ def test_rebuild_gives_identical_bytes(results, built, tmp_path):
 def test_every_claim_has_a_verdict(results, built):
     report, _ = built
     text = report.read_text()
-    claims = T.load_claims()
-    sim = read_raw(results)["sim"]
-    table = T.claims_checked(sim, claims)
+    claims = C.load_claims()
+    sim = L.read_raw(results)["sim"]
+    table = C.claims_checked(sim, claims)
     assert list(table.frame["id"]) == [c["id"] for c in claims["claims"]]
-    assert set(table.frame["verdict"]) <= set(T.VERDICTS)
+    assert set(table.frame["verdict"]) <= set(C.VERDICTS)
     for c, v in zip(claims["claims"], table.frame["verdict"]):
         assert c["claim"] in text, c["id"]
         assert f"**{v}**" in text
     # the tiny grid measures batch 1 and 64, so no claim may stay unmeasured
-    assert T.NOT_MEASURED not in set(table.frame["verdict"])
+    assert C.NOT_MEASURED not in set(table.frame["verdict"])
     assert text.index("Claims checked") < text.index("## Definitions")  # the executive summary comes first
 
 
@@ -140,7 +151,7 @@ def _rows(specs: list[dict]) -> pd.DataFrame:
         r["point_id"] = (f"{r['model']}|{r['workload']}|B{r['batch']}|C{r['cache_experts']}|{r['protocol']}|"
                          f"{r['strategy']}|S8|{r['executor']}")
         out.append(r)
-    return T.prepare(pd.DataFrame(out, columns=FIELDS))
+    return L.prepare(pd.DataFrame(out, columns=FIELDS))
 
 
 def _known() -> pd.DataFrame:
@@ -166,7 +177,7 @@ def _known() -> pd.DataFrame:
 
 def test_savings_definitions_on_known_rows():
     sim = _known()
-    sv = T.dedup_savings(sim, 128, T.load_claims())
+    sv = M.dedup_savings(sim, 128, C.load_claims())
     b4 = sv.xs(4, level="batch").iloc[0]
     assert b4["memory_savings"] == pytest.approx(1 - 60 / 100)  # 1 - unique / requests
     assert b4["reuse_factor"] == pytest.approx(100 / 60)  # requests / unique
@@ -177,35 +188,35 @@ def test_savings_definitions_on_known_rows():
 
 def test_speedup_scaling_and_claims_on_known_rows():
     sim = _known()
-    claims = T.load_claims()
-    sp = T.speedups(sim, 128, "batched", "on_demand")
+    claims = C.load_claims()
+    sp = M.speedups(sim, 128, "batched", "on_demand")
     assert sp.loc[("intelligent_dedup", 0)] == pytest.approx(3.0 / 1.5)  # mean(2, 4) / mean(1, 2)
-    sc = T.scaling(sim, 128, "batched", claims).xs(0, level="trace_seed")
+    sc = M.scaling(sim, 128, "batched", claims).xs(0, level="trace_seed")
     assert sc.loc[4, "paper_avg_ms"] == pytest.approx((4.0 + 3.0 + 5.0) / 3)
     assert sc.loc[4, "our_best_ms"] == pytest.approx(2.0)
     assert sc.loc[4, "our_best"] == "intelligent_dedup"
     assert sc.loc[4, "improvement"] == pytest.approx(2.0)
-    table = T.claims_checked(sim, claims).frame.set_index("id")
+    table = C.claims_checked(sim, claims).frame.set_index("id")
     # paper mean over batches: (3 + 2 + 4) / 3 = 3 against 1.5: 2.0x >= 0.9 * 1.29
     assert table.loc["speedup_1_29", "batched_holds"] is True
-    assert table.loc["speedup_1_29", "verdict"] == T.HOLDS
+    assert table.loc["speedup_1_29", "verdict"] == C.HOLDS
     # 40% memory savings at the largest batch: not 87.6%; no batch 64 in these rows
-    assert table.loc["memory_savings_87_6", "verdict"] == T.FAILS
-    assert table.loc["memory_savings_64_9_b64", "verdict"] == T.NOT_MEASURED
+    assert table.loc["memory_savings_87_6", "verdict"] == C.FAILS
+    assert table.loc["memory_savings_64_9_b64", "verdict"] == C.NOT_MEASURED
     # r = latency / intelligent_dedup: on_demand 2 -> 2, pregated 1 -> 1.5, expertflow 3 -> 2.5 under batched
     # (on_demand does not degrade); per_item multiplies batch 4 by 1.5: every ratio grows by more than 10%
-    assert table.loc["paper_methods_degrade", "verdict"] == T.PER_ITEM_ONLY
+    assert table.loc["paper_methods_degrade", "verdict"] == C.PER_ITEM_ONLY
     # batch 4 is not above 4
-    assert table.loc["avoid_paper_methods_above_4", "verdict"] == T.NOT_MEASURED
+    assert table.loc["avoid_paper_methods_above_4", "verdict"] == C.NOT_MEASURED
 
 
 def test_verdict_rule():
-    assert T.verdict(True, False) == T.HOLDS
-    assert T.verdict(True, None) == T.HOLDS
-    assert T.verdict(False, True) == T.PER_ITEM_ONLY
-    assert T.verdict(False, False) == T.FAILS
-    assert T.verdict(False, None) == T.FAILS
-    assert T.verdict(None, None) == T.NOT_MEASURED
+    assert C.verdict(True, False) == C.HOLDS
+    assert C.verdict(True, None) == C.HOLDS
+    assert C.verdict(False, True) == C.PER_ITEM_ONLY
+    assert C.verdict(False, False) == C.FAILS
+    assert C.verdict(False, None) == C.FAILS
+    assert C.verdict(None, None) == C.NOT_MEASURED
 
 
 def test_engine_error_table():
@@ -229,3 +240,156 @@ def test_formatting_is_fixed():
     assert T.fmt_ms(np.nan) == "n/a"
     assert T.fmt_spread(1.0, 0.9, 1.1, T.fmt_x) == "1.00x [0.90x, 1.10x]"
     assert T.fmt_spread(1.0, 1.0, 1.0, T.fmt_x) == "1.00x"
+
+
+def test_refusals_shown_as_refusals(results, built):
+    report, _ = built
+    text = report.read_text()
+    # the oracle is refused under per_item (no floor construction for it): its cells say so, and the captions why
+    sim = L.read_raw(results)["sim"]
+    assert sim["refused"].any() and sim.loc[sim["refused"], "latency_ms_per_step"].isna().all()
+    summary = T.strategy_summary(sim, C.load_claims())
+    oracle = summary.text[summary.text["strategy"] == "`oracle`"].iloc[0]
+    assert oracle["per_item: latency (ms/step)"] == "refused" and oracle["per_item: speedup vs on_demand"] == "refused"
+    assert oracle["batched: latency (ms/step)"] not in ("refused", "n/a")
+    assert "`oracle` under `per_item` at batch 1, 8, 64: the oracle is the latency floor" in summary.caption
+    assert "| `oracle` " in text and "Refused (cannot run" in text
+
+
+def test_no_nan_anywhere(results, built):
+    report, _ = built
+    for p in [report, *sorted((results / "raw").glob("*"))]:
+        assert not re.search(r"\bnan\b", p.read_text(), re.IGNORECASE), p.name
+
+
+def test_refused_cells_on_known_rows():
+    rows = _rows([{"strategy": "on_demand", "batch": 1, "latency_ms_per_step": 2.0, "loads": 10},
+                  {"strategy": "mixtral_offloading", "batch": 1, "note": "refused: per-layer slots: too few"},
+                  {"strategy": "on_demand", "batch": 8, "latency_ms_per_step": 3.0, "loads": 30},
+                  {"strategy": "mixtral_offloading", "batch": 8, "latency_ms_per_step": 4.0, "loads": 40}])
+    (table,) = T.models_tables(rows)
+    row = table.text.set_index("strategy").loc["`mixtral_offloading`"]
+    assert row["B=1: ms/step"] == "refused" and row["B=1: loads"] == "refused" and row["B=8: ms/step"] == "4.00"
+    assert row["note"] == "refused: per-layer slots: too few"
+    assert "`mixtral_offloading` under `batched` at batch 1: per-layer slots: too few." in table.caption
+    per = T.latency_per_batch(rows, "batched", cache=128)
+    assert per.text.set_index("strategy").loc["`mixtral_offloading`", "B=1"] == "refused"
+
+
+def test_cpu_engine_rows_carry_the_simulators_counts(results):
+    cpu = L.read_raw(results)["cpu_engine"]
+    for c in L.COUNT_CHECK:
+        assert cpu[f"sim_{c}"].notna().all()
+        assert (cpu[f"sim_{c}"] == cpu[c]).all(), c
+    table = T.cpu_engine_table(cpu)
+    assert (table.frame["match"] == True).all()  # noqa: E712
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Step timelines: saved by the runner, read by the figure
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _shown_ids() -> list[str]:
+    return [p.point_id for g in _tiny_grids() for p in g.points if p.timeline_step is not None]
+
+
+def test_timelines_written_by_the_runner(results):
+    doc = json.loads((results / "raw" / TIMELINES_FILE).read_text())
+    assert sorted(doc["points"]) == sorted(_shown_ids())
+    assert {t["strategy"] for t in doc["points"].values()} == set(TIMELINE_STRATEGIES)
+    # each entry is the simulator's timeline of the row's plan: plan and simulate the point again and compare
+    ws = WorkloadSpec(MODEL, None, 64, 16, 0)
+    w = make_workload(ws, 8, 8, load_trace(ws))
+    hw = load_profile(str(DATA / "h200-test.json"))
+    for t in doc["points"].values():
+        assert t["step"] == 4 and t["steps"] == 8 and t["executor"] == "simulator" and t["hardware"] == hw.name
+        _, plan = simulate_one(w, t["strategy"], 128, "batched", 0, hw)
+        assert t == {**step_timeline(plan, simulate(plan, w, hw), 4), "hardware": hw.name}
+        loads = t["loads"]
+        assert len(loads["start_ms"]) == len(loads["end_ms"]) == len(loads["gid"]) == len(loads["prefetch"]) > 0
+        assert all(round(x, 6) == x for x in loads["start_ms"] + t["computes"]["end_ms"])
+        assert min(t["nonmoe"]["start_ms"]) == 0.0 and max(t["computes"]["end_ms"]) <= t["step_ms"]
+
+
+def test_figure_reads_the_timelines(results, built, tmp_path):
+    report, _ = built
+    sim = L.read_raw(results)["sim"]
+    timelines = L.read_timelines(results)
+    rows = M.timeline_rows(sim, timelines)
+    assert list(rows["strategy"]) == list(TIMELINE_STRATEGIES)  # registry order
+    t = timelines[rows["point_id"].iloc[0]]
+    assert t.load_start.shape == t.load_end.shape == t.load_prefetch.shape and t.load_prefetch.dtype == bool
+    hw = T.hardware_text(L.read_profiles(results, sim["hardware"]))
+    plot = F.fig_timeline([timelines[p] for p in rows["point_id"]], rows, tmp_path, hw)
+    assert "decode step 4 of 8 at batch 8" in plot.caption and "raw/timelines.json" in plot.caption
+    assert plot.caption.split(": ", 1)[1] in report.read_text()
+    # without the file the figure says what is missing instead of re-planning anything
+    other = tmp_path / "no_timelines"
+    shutil.copytree(results / "raw", other / "raw", ignore=shutil.ignore_patterns(TIMELINES_FILE))
+    shutil.copytree(results / "hardware", other / "hardware")
+    assert "No step timeline to draw" in build_report(other).read_text()
+
+
+def _timeline_grid() -> Grid:
+    ws = WorkloadSpec(MODEL, None, 24, 16, 0)
+    pts = [Point("t", MODEL, ws, b, 32, "batched", s, 6) for b in (1, 8) for s in ("on_demand", "pregated", "oracle")]
+    return Grid("t", ("E1",), tuple(mark_timelines(pts, seed=0, cache=32)))
+
+
+def test_timelines_resume_and_merge(tmp_path):
+    hw = str(DATA / "h200-test.json")
+    full = _timeline_grid()
+    assert [p.strategy for p in full.points if p.timeline_step is not None] == ["on_demand", "pregated"]
+    fresh = run_grid(full, tmp_path / "fresh", hw, jobs=1, progress=False)
+    want = (fresh.parent / TIMELINES_FILE).read_bytes()
+    # stopped after the first task (batch 1: no timelines), then finished: the same files as one run
+    out = tmp_path / "resumed"
+    path = run_grid(Grid("t", full.experiments, full.points[:3]), out, hw, jobs=1, progress=False)
+    assert not (out / TIMELINES_FILE).exists()
+    run_grid(full, out, hw, jobs=1, progress=False)
+    assert (out / TIMELINES_FILE).read_bytes() == want
+    # another grid's timelines in the same folder are kept beside ours
+    doc = json.loads(want)
+    doc["points"]["other|point"] = doc["points"][full.points[3].point_id]
+    (out / TIMELINES_FILE).write_text(json.dumps(doc))
+    # a row whose timeline is missing (stopped between the two files) runs again; the rest is left alone
+    del doc["points"][full.points[4].point_id]
+    (out / TIMELINES_FILE).write_text(json.dumps(doc))
+    run_grid(full, out, hw, jobs=1, progress=False)
+    merged = json.loads((out / TIMELINES_FILE).read_text())["points"]
+    assert sorted(merged) == sorted([*json.loads(want)["points"], "other|point"])
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "git_commit"} for r in rs]  # noqa: E731
+    assert strip(read_rows(path)) == strip(read_rows(fresh))  # its row replaced by the rerun's, no duplicate
+    # and a complete folder is left alone
+    mtime = (out / TIMELINES_FILE).stat().st_mtime_ns
+    run_grid(full, out, hw, jobs=1, progress=False)
+    assert (out / TIMELINES_FILE).stat().st_mtime_ns == mtime
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The report reads files only
+# --------------------------------------------------------------------------------------------------------------
+
+# What the report may not import: it plans and simulates nothing. From artifact.planner only the strategy metadata.
+FORBIDDEN = ("artifact.runtime", "artifact.planner", "artifact.experiments.runs", "artifact.bounds",
+             "artifact.policies", "artifact.engine", "artifact.core")
+ALLOWED = {("artifact.planner", "strategies")}
+
+
+def test_report_imports_no_planner_or_simulator():
+    root = Path(__file__).resolve().parents[1] / "artifact" / "report"
+    found = []
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found += [(path.name, a.name, None) for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                assert node.level == 0, f"{path.name}: relative import"
+                found += [(path.name, base, a.name) for a in node.names]
+    bad = [(f, mod, name) for f, mod, name in found
+           if any(mod == x or mod.startswith(x + ".") or (name and f"{mod}.{name}".startswith(x + "."))
+                  for x in FORBIDDEN) and (mod, name) not in ALLOWED]
+    assert not bad, f"the report imports planning or simulation code: {bad}"
+    assert ("metrics.py", "artifact.planner", "strategies") in found  # the walk sees what it should

@@ -2,17 +2,19 @@
 
 - ``sim`` (E1, E2, E3, E4, E6): switch-base-128 on the calibrated synthetic workload, every strategy, batch 1 to 64,
   four cache sizes, three seeds, 256 decode steps, protocol ``batched``; plus ``per_item`` (the seed report's
-  accounting) at the default cache size for seed 0. Simulator.
+  accounting) at the default cache size for seed 0. Simulator. The points the report's timeline figure shows
+  (``mark_timelines``) also save one decode step's timeline.
 - ``engine`` (E5): the same plans executed on the GPU engine (every strategy, batch 1 to 64, the default cache,
   seed 0), fewer steps, three timed repeats after a warm-up; each row carries the simulator's figure beside.
 - ``models`` (E7): the other presets, every strategy, batch 1 / 8 / 64, a cache of 1/8 of their experts. Simulator.
 - ``cpu_engine``: without CUDA, a small engine check on the CPU (a scaled-down Switch expert shape, the same
-  routing), so a CPU-only reproduction still executes real plans.
+  routing), so a CPU-only reproduction still executes real plans; each row carries the simulator's decision counts
+  for the same configuration beside the engine's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from artifact.experiments.runs import DEFAULT_SEQUENCES, DEFAULT_TOKENS, WorkloadSpec
 from artifact.models import PRESETS, ModelSpec
@@ -32,6 +34,11 @@ MODELS_STEPS = 128
 # The CPU engine check runs the Switch routing through experts of this (scaled-down) shape.
 SWITCH_MINI = ModelSpec("switch-mini", 12, 128, 1, 64, 256, "relu", "float32")
 
+# The report's step-timeline figure draws one decode step of these strategies at the default cache, this batch,
+# `batched`, the first seed: the runner saves that step's timeline for these points (raw/timelines.json).
+TIMELINE_STRATEGIES = ("on_demand", "pregated", "intelligent_dedup")
+TIMELINE_BATCH = 8
+
 
 @dataclass(frozen=True)
 class Point:
@@ -46,6 +53,8 @@ class Point:
     executor: str = "simulator"
     repeats: int = 1
     engine_model: ModelSpec | None = field(default=None, compare=False)
+    # The decode step whose timeline the runner saves (raw/timelines.json); None: none (almost every point).
+    timeline_step: int | None = field(default=None, compare=False)
 
     @property
     def point_id(self) -> str:
@@ -64,6 +73,18 @@ class Grid:
     experiments: tuple[str, ...]
     points: tuple[Point, ...]
     description: str = ""
+
+
+def mark_timelines(points, seed: int, cache: int = DEFAULT_CACHE, batch: int = TIMELINE_BATCH) -> list[Point]:
+    """``points`` with ``timeline_step`` set on those the timeline figure shows (:data:`TIMELINE_STRATEGIES` at
+    ``cache``, ``batch``, `batched`, ``seed``): the middle step, when the cache is warm and the pool not yet
+    draining."""
+
+    def shown(p: Point) -> bool:
+        return (p.workload.seed == seed and p.cache_experts == cache and p.batch == batch
+                and p.protocol == "batched" and p.strategy in TIMELINE_STRATEGIES)
+
+    return [replace(p, timeline_step=p.steps // 2) if shown(p) else p for p in points]
 
 
 def _strategies(skip: tuple[str, ...] = ()) -> list[str]:
@@ -88,6 +109,7 @@ def sim_grid(quick: bool = False) -> Grid:
                 for proto in protocols:
                     for s in _strategies():
                         pts.append(Point("sim", DEFAULT_MODEL, ws, b, cache, proto, s, steps))
+    pts = mark_timelines(pts, seeds[0])
     return Grid("sim", ("E1", "E2", "E3", "E4", "E6"), tuple(pts),
                 "switch-base-128, synthetic workload, simulator")
 

@@ -1,4 +1,5 @@
-"""The CSV schema of ``results/raw/*.csv``: one row per run. The report reads only these files."""
+"""The CSV schema of ``results/raw/*.csv``: one row per run. The report reads only these files, and beside them
+``raw/timelines.json`` (one decode step of a few runs: see ``runner.step_timeline``) and ``raw/gpu_checks.json``."""
 
 from __future__ import annotations
 
@@ -25,6 +26,11 @@ COUNT_FIELDS = [
     "requests", "unique_requests", "hits", "demand_loads", "loads", "bytes_h2d", "prefetch_issued", "prefetch_used",
     "prefetch_wasted", "hit_rate",
 ]
+# Engine rows: the simulator's decisions for the same configuration (planned again by the runner), beside the
+# engine's above: the report checks they are the same. Empty in simulator rows.
+SIM_COUNT_FIELDS = [
+    "sim_requests", "sim_unique_requests", "sim_hits", "sim_demand_loads", "sim_loads", "sim_prefetch_issued",
+]
 # Times (ms). Engine rows: median over repeats, with min and max beside it.
 TIME_FIELDS = [
     "latency_ms_per_step", "latency_ms_per_step_min", "latency_ms_per_step_max", "stall_ms_per_step",
@@ -37,4 +43,4 @@ TIME_FIELDS = [
 # Environment id.
 ENV_FIELDS = ["gpu", "driver", "torch", "cuda", "package_version", "git_commit"]
 
-FIELDS = CONFIG_FIELDS + COUNT_FIELDS + TIME_FIELDS + ENV_FIELDS
+FIELDS = CONFIG_FIELDS + COUNT_FIELDS + SIM_COUNT_FIELDS + TIME_FIELDS + ENV_FIELDS

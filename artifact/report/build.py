@@ -1,10 +1,15 @@
-"""Build REPORT.md and the figures from ``RESULTS/raw/*.csv`` and ``RESULTS/hardware/*.json`` alone.
+"""Build REPORT.md and the figures from ``RESULTS/raw/*.csv``, ``RESULTS/raw/*.json`` and ``RESULTS/hardware/*.json``
+alone.
 
 ``build_report(results_dir)`` is a pure function of those files (and of ``claims.json``, the seed's quoted claims):
 the same inputs give the same bytes in REPORT.md and in every figure. Nothing reads a clock, the environment or
-the git state; numbers are formatted by fixed rules (see ``tables.fmt_*``); the only computation that is not a
-group-by over CSV rows is the re-plan of a few rows for the timeline figure and the CPU engine check, which the
-deterministic simulator does from the rows' own configuration and the hardware profile they name.
+the git state, and nothing is planned or simulated here: what the report shows beyond the CSV rows (one decode
+step's timeline, the simulator's counts beside the CPU engine's) the runner saved with the rows. Numbers are
+formatted by fixed rules (see ``tables.fmt_*``).
+
+The modules, bottom up: ``load`` (reading and typing the files), ``metrics`` (derived quantities over rows),
+``tables`` (formatting and the Markdown tables), ``claims`` (the seed's claims and the verdict rules), ``figures``,
+and this one (assembling REPORT.md).
 
 ``python -m artifact.report.build --results results`` (or ``python -m artifact report``).
 """
@@ -12,9 +17,7 @@ deterministic simulator does from the rows' own configuration and the hardware p
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,167 +25,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from artifact.planner import strategies as _strategies
+from artifact.atomicfile import atomic_write_text
+from artifact.report import claims as C
 from artifact.report import figures as F
+from artifact.report import load as L
+from artifact.report import metrics as M
 from artifact.report import tables as T
-from artifact.runtime.hardware import HardwareProfile, load_profile
 
-RAW_FILES = ("sim", "engine", "cpu_engine", "models")
 ENV_COLUMNS = ["gpu", "driver", "torch", "cuda", "package_version", "git_commit"]
-
-STRATEGIES = _strategies()
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Inputs
-# --------------------------------------------------------------------------------------------------------------
-
-
-def read_raw(results: Path) -> dict[str, pd.DataFrame]:
-    """The grids' CSV files that exist, typed (see ``tables.prepare``)."""
-    out = {}
-    for name in RAW_FILES:
-        p = results / "raw" / f"{name}.csv"
-        if p.is_file():
-            # Read every cell as text and convert once in prepare(): the same bytes give the same frame whatever
-            # pandas would have guessed per column.
-            df = pd.read_csv(p, dtype=str, keep_default_na=False)
-            out[name] = T.prepare(df)
-    return out
-
-
-def read_profiles(results: Path, names) -> dict[str, tuple[HardwareProfile, str]]:
-    """Each profile the rows name: ``results/hardware/NAME.json`` first, else the built-in of that name."""
-    out = {}
-    for n in sorted(set(names)):
-        if not n:
-            continue
-        p = results / "hardware" / f"{n}.json"
-        try:
-            if p.is_file():
-                out[n] = (load_profile(str(p)), f"{p.parent.name}/{p.name}")
-            else:
-                out[n] = (load_profile(n), "artifact's results/hardware")
-        except (KeyError, ValueError):
-            continue
-    return out
-
-
-def hardware_text(profiles: Mapping[str, tuple[HardwareProfile, str]]) -> dict[str, str]:
-    """Caption text per profile name: what the profile measured and where it came from."""
-    out = {}
-    for n, (prof, src) in profiles.items():
-        ex = prof.extra if isinstance(prof.extra, dict) else {}
-        bits = [prof.description]
-        if ex.get("date"):
-            bits.append(f"calibrated {ex['date']}")
-        out[n] = f"profile `{n}` ({'; '.join(bits)}; {src})"
-    return out
-
-
-def read_gpu_checks(results: Path) -> dict | None:
-    for p in (results / "raw" / "gpu_checks.json", results / "gpu_checks.json"):
-        if p.is_file():
-            try:
-                return json.loads(p.read_text())
-            except json.JSONDecodeError:
-                return {"checks": {"gpu_checks.json": {"error": "unreadable JSON"}}}
-    return None
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Re-plans (the timeline figure and the CPU engine check)
-# --------------------------------------------------------------------------------------------------------------
-
-
-_SYNTHETIC = re.compile(r"^synthetic:(?P<model>[^:]+):(?P<s>\d+)x(?P<t>\d+):seed(?P<seed>\d+)$")
-
-
-def workload_spec(label: str, model: str):
-    """The WorkloadSpec a CSV row's ``workload`` label names."""
-    from artifact.experiments.runs import WorkloadSpec
-
-    m = _SYNTHETIC.match(label)
-    if m:
-        return WorkloadSpec(m["model"], None, int(m["s"]), int(m["t"]), int(m["seed"]))
-    if label.startswith("trace:"):
-        return WorkloadSpec(model, label[len("trace:"):])
-    raise ValueError(f"workload label {label!r}: neither synthetic:MODEL:SxT:seedN nor trace:PATH")
-
-
-def replay_rows(rows: pd.DataFrame, profiles: Mapping[str, tuple[HardwareProfile, str]]) -> list[tuple]:
-    """Re-plan and re-simulate CSV rows as the runner did (one task = one workload, batch, cache, protocol and
-    steps; strategies in the rows' order, sharing requests and the plans the oracle reuses).
-
-    Returns ``(row, counts, plan, timeline)`` per row; ``counts`` is None where the configuration cannot run."""
-    from artifact.core.requests import build_requests
-    from artifact.experiments.runs import load_trace, make_workload, simulate_one
-    from artifact.runtime.simulator import simulate
-
-    out = []
-    traces: dict = {}
-    keys = ["workload", "model", "batch", "cache", "protocol", "steps", "hardware"]
-    for key, task in rows.groupby(keys, sort=True):
-        label, model, batch, cache, protocol, steps, hw_name = key
-        if hw_name not in profiles:
-            out += [(r, None, None, None) for _, r in task.iterrows()]
-            continue
-        hw = profiles[hw_name][0]
-        ws = workload_spec(label, model)
-        if ws not in traces:
-            traces[ws] = load_trace(ws)
-        w = make_workload(ws, int(batch), int(steps), traces[ws])
-        req = build_requests(w)
-        plans: dict = {}
-        for _, r in task.iterrows():
-            try:
-                metrics, plan = simulate_one(w, r["strategy"], int(cache), protocol, ws.seed, hw, req, plans)
-            except ValueError:
-                out.append((r, None, None, None))
-                continue
-            plans[r["strategy"]] = plan
-            out.append((r, metrics, plan, simulate(plan, w, hw)))
-    return out
-
-
-def replan_counts(cpu: pd.DataFrame, profiles) -> pd.DataFrame:
-    """The simulator's decision counts for each CPU engine row's configuration."""
-    rec = []
-    for r, counts, _, _ in replay_rows(cpu, profiles):
-        row = {"point_id": r["point_id"]}
-        row.update({c: (float(counts[c]) if counts is not None else np.nan) for c in T.COUNT_CHECK})
-        rec.append(row)
-    return pd.DataFrame(rec, columns=["point_id"] + T.COUNT_CHECK)
-
-
-def timeline_rows(sim: pd.DataFrame) -> pd.DataFrame:
-    """The rows the timeline figure re-plans: on_demand, Pre-gated MoE (as built, else the proxy) and
-    intelligent_dedup at the default cache, batch 8 (or the nearest measured), batched, the first seed."""
-    if sim.empty:
-        return sim
-    cache = T.default_cache(sim)
-    d = sim[(sim["cache"] == cache) & (sim["protocol"] == "batched")]
-    if d.empty:
-        return d
-    d = d[(d["batch"] == T.mid_batch(d["batch"])) & (d["trace_seed"] == d["trace_seed"].min())]
-    have = set(d["strategy"])
-    pick = ["on_demand", "pregated" if "pregated" in have else "pregated_proxy", "intelligent_dedup"]
-    d = d[d["strategy"].isin(pick) & d["latency_ms_per_step"].notna()]
-    order = {s: i for i, s in enumerate(pick)}
-    return d.assign(_o=d["strategy"].map(order)).sort_values("_o", kind="mergesort").drop(columns="_o")
-
-
-def replay_for_timeline(sim: pd.DataFrame, profiles) -> tuple[list[F.Replayed], pd.DataFrame]:
-    rows = timeline_rows(sim)
-    out = []
-    for r, counts, plan, tl in replay_rows(rows, profiles):
-        if counts is None:
-            continue
-        match = all(float(counts[c]) == float(r[c]) for c in T.COUNT_CHECK)
-        out.append(F.Replayed(r["strategy"], plan, tl, match))
-    order = {s: i for i, s in enumerate(rows["strategy"])}
-    out.sort(key=lambda x: order[x.strategy])
-    return out, rows
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -214,7 +64,7 @@ def _unique(df: pd.DataFrame, col: str) -> str:
     return ", ".join(vals) if vals else "-"
 
 
-def _what_was_run(raw: Mapping[str, pd.DataFrame], profiles, gpu_checks) -> str:
+def _what_was_run(raw: Mapping[str, pd.DataFrame], profiles, gpu_checks, timelines) -> str:
     lines = ["| file | experiment | rows | executor | repeats | seeds | steps | batches | caches | protocols | "
              "hardware profile | GPU | driver | torch | CUDA | package | git commit |",
              "|" + " --- |" * 17]
@@ -238,6 +88,9 @@ def _what_was_run(raw: Mapping[str, pd.DataFrame], profiles, gpu_checks) -> str:
     if gpu_checks is not None:
         env = gpu_checks.get("environment", {})
         out += ("\nGPU checks (raw/gpu_checks.json): " + ", ".join(f"{k} {env[k]}" for k in sorted(env)) + ".\n")
+    if timelines:
+        out += (f"\nStep timelines (raw/timelines.json, for the timeline figure): one decode step of each of "
+                f"{len(timelines)} runs, saved by the runner.\n")
     return out
 
 
@@ -248,10 +101,10 @@ python -m artifact calibrate --device cuda -o results/hardware/h200.json
 python -m artifact grid sim --out results/raw --hardware h200
 python -m artifact grid engine --out results/raw --hardware h200
 python -m artifact grid models --out results/raw --hardware h200
-python -m artifact.runtime.gpu_checks --out results/raw
+python -m artifact.experiments.gpu_checks --out results/raw
 # without a GPU: the CPU engine check instead of the engine grid
 python -m artifact grid cpu_engine --out results/raw --hardware h200
-# the report: a pure function of results/raw/*.csv and results/hardware/*.json
+# the report: a pure function of results/raw/*.csv, results/raw/*.json and results/hardware/*.json
 python -m artifact report --results results    # or: python -m artifact.report.build --results results
 ```
 """
@@ -277,6 +130,55 @@ NOT_MEASURED = """\
 """
 
 
+_DEFINITIONS = """\
+- **Latency per step** (ms): time of one decode step for the whole batch (every MoE layer, every token of the
+  batch): the run's total time divided by its steps. Simulator rows: the calibrated simulator's time of the plan;
+  engine rows: the median wall time over timed repeats, with min and max. Per-token latency is latency per step
+  divided by the batch size.
+- **Requests**: token-expert pairs (each token asks each MoE layer for its top-k experts). **Unique requests**: the
+  (COMPUTE, expert) pairs the plan runs: under `batched` the distinct experts of each layer-step; under `per_item`
+  the distinct experts of each item and layer-step, unless the strategy is batch-aware (`intelligent_dedup`).
+- **Protocols**: `batched` loads each expert once per layer-step for every token of the batch, as every real engine
+  does (FACTS.md section 4); `per_item` serves each batch item as if alone (the seed's accounting for its paper
+  baselines). Under `per_item` only batch-aware strategies share an expert between items.
+- **Memory savings** at batch B (ours): `1 - unique_requests / requests` under `batched`: the share of token-expert
+  requests that deduplication folds because several tokens of one layer-step need the same expert. It is a property
+  of the routing (the same for every strategy); we read it from the `on_demand` rows at the default cache.
+- **Bandwidth savings** at batch B (ours): `1 - bytes_h2d(batched) / bytes_h2d(per_item)` for the same strategy,
+  reported for `on_demand` (every miss is a load); and, as the seed compared, `intelligent_dedup`'s bytes against
+  the mean bytes of the paper baselines (`on_demand`, `pregated`, `expertflow`) under `per_item`:
+  `1 - bytes_h2d(intelligent_dedup) / mean bytes_h2d(paper baselines, per_item)`. Unlike memory savings it depends
+  on the cache: a folded request might have been a hit anyway.
+- **Expert reuse factor**: the seed does not define it (its column runs from {reuse_first} at batch {b_first} to
+  {reuse_last} at batch {b_last}). Ours: `requests / unique_requests` under `batched`: the mean number of tokens
+  served by each expert that is loaded or hit in a layer-step; 1.0 means no sharing.
+- **Speedup** of strategy S over R: mean latency per step of R divided by that of S, each the mean over the batch
+  sizes of the grid, computed per seed; we print the mean over seeds and [min, max]. The seed's Avg Latency is a
+  mean over its batch sizes too: its Intelligent+Deduplication figure, {flag_avg} ms, equals the mean of its
+  Our Best column over batch {b_first} to {b_last} ({best_mean} ms).
+- **Paper Avg** (the seed's term): at each batch, the mean latency of the paper baselines `on_demand`, `pregated`,
+  `expertflow`. **Our Best**: the lowest latency among the seed's own methods `topk`, `multi_lookahead`,
+  `intelligent_dedup`. **Improvement**: Paper Avg / Our Best.
+- **Hit rate**: hits / unique requests (a hit: the expert was resident or already loaded ahead when its COMPUTE
+  was decided).
+- **Gap to the bounds**: a strategy's loads / `belady`'s loads (Belady's MIN: fewest loads with demand fetch) and
+  its latency / `oracle`'s latency (the fastest perfect-prefetch construction), both at the same cache size.
+  `gpu_only` holds every expert and is not iso-cache.
+- **Relative error** (E5): (simulator - engine) / engine, on the same plan.
+"""
+
+
+def definitions(claims: Mapping) -> str:
+    """The Definitions section; the seed's figures it mentions come from ``claims.json``."""
+    reuse = claims["tables"]["savings_by_batch"]["rows"]
+    best = claims["tables"]["batch_scaling"]["rows"]
+    flag = {r["strategy"]: r for r in claims["tables"]["strategy_summary"]["rows"]}[M.flagship(claims)]
+    return _DEFINITIONS.format(reuse_first=f"{reuse[0]['expert_reuse_factor']:.3f}", b_first=reuse[0]["batch"],
+                               reuse_last=f"{reuse[-1]['expert_reuse_factor']:.3f}", b_last=reuse[-1]["batch"],
+                               flag_avg=T.fmt_seed_num(flag["avg_latency_ms"]),
+                               best_mean=T.fmt_seed_num(round(float(np.mean([r["our_best_ms"] for r in best])))))
+
+
 def _section(title: str, body: str) -> str:
     return f"## {title}\n\n{body.rstrip()}\n\n"
 
@@ -287,37 +189,38 @@ def build_report(results_dir: str | os.PathLike = "results", out: str | os.PathL
     out_path = Path(out) if out is not None else results / "REPORT.md"
     base = out_path.parent
     fig_dir = results / "figures"
-    raw = read_raw(results)
-    claims = T.load_claims()
+    raw = L.read_raw(results)
+    claims = C.load_claims()
     names = set()
     for df in raw.values():
         names |= set(df["hardware"])
-    profiles = read_profiles(results, names)
-    hw = hardware_text(profiles)
-    gpu_checks = read_gpu_checks(results)
+    profiles = L.read_profiles(results, names)
+    hw = T.hardware_text(profiles)
+    gpu_checks = L.read_gpu_checks(results)
+    timelines = L.read_timelines(results)
     sim = raw.get("sim")
     src = claims["source"]
 
     parts = [f"# MoE expert offloading: measured results against the seed report\n\n"
-             f"Generated by `python -m artifact report` from `raw/*.csv` and `hardware/*.json` in this folder; "
-             f"every number below comes from those rows, except the seed's claims, quoted from "
+             f"Generated by `python -m artifact report` from `raw/*.csv`, `raw/*.json` and `hardware/*.json` in this "
+             f"folder; every number below comes from those files, except the seed's claims, quoted from "
              f"`{src['file']}` (\"{src['title']}\", {src['date']}) via `artifact/report/claims.json`. Rebuilding from "
              "the same files gives byte-identical output.\n\n"]
 
     # Executive summary: the claims.
     if sim is not None and not sim.empty:
-        ct = T.claims_checked(sim, claims, hw)
+        ct = C.claims_checked(sim, claims, hw)
         rules = "\n".join(f"{i + 1}. {r}" for i, r in enumerate(ct.frame["rule"]))
-        body = (_table_md(ct) + f"\nVerdict rules (tolerance +-{100 * T.TOLERANCE:g}% relative; `batched` decides, "
+        body = (_table_md(ct) + f"\nVerdict rules (tolerance +-{100 * C.TOLERANCE:g}% relative; `batched` decides, "
                 "`per_item` only qualifies):\n\n" + rules + "\n\nWhat the seed itself is inconsistent about:\n\n"
                 + "\n".join(f"- {c['claim']}: {c['note']}" for c in claims["claims"] if c.get("note")) + "\n")
     else:
         body = "raw/sim.csv is absent: no claim can be checked.\n"
     parts.append(_section("Executive summary: the seed's claims checked", body))
 
-    parts.append(_section("What was run", _what_was_run(raw, profiles, gpu_checks)))
+    parts.append(_section("What was run", _what_was_run(raw, profiles, gpu_checks, timelines)))
     parts.append(_section("How to regenerate", REGENERATE))
-    parts.append(_section("Definitions", T.definitions(claims)))
+    parts.append(_section("Definitions", definitions(claims)))
 
     plots: dict[str, F.Plot] = {}
     if sim is not None and not sim.empty:
@@ -325,21 +228,21 @@ def build_report(results_dir: str | os.PathLike = "results", out: str | os.PathL
         plots["fig2"] = F.fig_dedup_savings(sim, claims, fig_dir, hw)
         plots["fig3"] = F.fig_latency_vs_batch(sim, fig_dir, hw)
         plots["fig4"] = F.fig_cache_sizes(sim, fig_dir, hw)
-        replayed, trows = replay_for_timeline(sim, profiles)
-        plots["fig6"] = F.fig_timeline(replayed, trows, fig_dir, hw)
+        trows = M.timeline_rows(sim, timelines)
+        plots["fig6"] = F.fig_timeline([timelines[pid] for pid in trows["point_id"]], trows, fig_dir, hw)
         plots["fig7"] = F.fig_gaps(sim, fig_dir, hw)
     engine = raw.get("engine")
     plots["fig5"] = F.fig_sim_vs_engine(engine, fig_dir, hw)
 
     strategies = "\n".join(f"| `{n}` | {s.summary} | {s.source} | {s.sees} | {'yes' if s.batch_aware else 'no'} "
-                           f"| {'yes' if s.role == 'bound' else 'no'} |" for n, s in STRATEGIES.items())
+                           f"| {'yes' if s.role == 'bound' else 'no'} |" for n, s in M.STRATEGIES.items())
     mapping = "; ".join(f"{k} -> `{v}`" for k, v in claims["method_map"].items())
     parts.append(_section("Strategies", "| strategy | what it stands for | source | sees | batch-aware | bound |\n"
                                         "| --- | --- | --- | --- | --- | --- |\n" + strategies
                           + f"\n\nSeed method names map to ours as: {mapping}."))
 
     if sim is not None and not sim.empty:
-        e1 = [T.strategy_summary(sim, claims, hw)] + [T.latency_per_batch(sim, p, hw) for p in T.PROTOCOLS
+        e1 = [T.strategy_summary(sim, claims, hw)] + [T.latency_per_batch(sim, p, hw) for p in M.PROTOCOLS
                                                       if (sim["protocol"] == p).any()]
         parts.append(_section("E1. Latency and speedup of every strategy, iso-cache",
                               "\n".join(_table_md(t) for t in e1) + "\n" + _figure_md(plots["fig1"], base)
@@ -349,7 +252,7 @@ def build_report(results_dir: str | os.PathLike = "results", out: str | os.PathL
         parts.append(_section("E3. How strategies scale with batch size",
                               _table_md(T.scaling_table(sim, claims, hw))))
         bs = sorted(set(sim["batch"]))
-        e4_batches = sorted({T.mid_batch(bs), max(bs)})
+        e4_batches = sorted({M.mid_batch(bs), max(bs)})
         parts.append(_section("E4. Hit rate and latency across cache sizes",
                               "\n".join(_table_md(T.cache_table(sim, b, hw)) for b in e4_batches) + "\n"
                               + _figure_md(plots["fig4"], base)))
@@ -366,10 +269,12 @@ def build_report(results_dir: str | os.PathLike = "results", out: str | os.PathL
                   "simulator's times are not checked against measured ones here.")
         cpu = raw.get("cpu_engine")
         if cpu is not None and not cpu.empty:
-            ct = T.cpu_engine_table(cpu, replan_counts(cpu, profiles), hw)
+            ct = T.cpu_engine_table(cpu, hw)
             n_ok = int((ct.frame["match"] == True).sum())  # noqa: E712  (object column: True / False / None)
-            e5.append(f"The CPU engine check executed real plans: {n_ok} of {len(ct.frame)} configurations made "
-                      "exactly the decisions the simulator makes on the same configuration.\n")
+            n_refused = int(cpu["refused"].sum())
+            e5.append(f"The CPU engine check executed real plans: {n_ok} of {len(ct.frame) - n_refused} "
+                      "configurations made exactly the decisions the simulator makes on the same configuration"
+                      + (f" ({n_refused} more refused to run, see the table)" if n_refused else "") + ".\n")
             e5.append(_table_md(ct))
         else:
             e5.append("raw/cpu_engine.csv is absent too.")
@@ -397,11 +302,7 @@ def build_report(results_dir: str | os.PathLike = "results", out: str | os.PathL
                           f"`{src['file']}`: \"{src['title']}\", {src['date']}; model: {src['model']}; framework: "
                           f"{src['framework']}; runs: {src['runs']}. {src['encoding_note']}.\n"))
 
-    text = "".join(parts).rstrip() + "\n"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out_path)
+    atomic_write_text(out_path, "".join(parts).rstrip() + "\n")
     return out_path
 
 

@@ -1,5 +1,5 @@
-"""The report's figures: one function per figure, each a pure function of CSV rows (and, for the timeline, of a
-re-plan of CSV rows), written as PNG and PDF with deterministic bytes.
+"""The report's figures: one function per figure, each a pure function of CSV rows (and, for the timeline, of the
+step timelines the runner saved in ``raw/timelines.json``), written as PNG and PDF with deterministic bytes.
 
 Determinism: figures are built on ``matplotlib.figure.Figure`` (Agg canvas, no pyplot state), at a fixed size and
 dpi, inside ``rc_context`` with fixed fonts and ``pdf.fonttype = 42`` (TrueType, editable text); PNG metadata
@@ -26,10 +26,9 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import LogFormatter, NullLocator  # noqa: E402
 
-from artifact.planner import strategies as _strategies  # noqa: E402
-
-STRATEGIES = _strategies()
+from artifact.report import metrics as M  # noqa: E402
 from artifact.report import tables as T  # noqa: E402
+from artifact.report.load import StepTimeline  # noqa: E402
 
 matplotlib.rcParams["pdf.fonttype"] = 42  # TrueType in PDFs (editable text; required by artifact reviewers)
 
@@ -38,8 +37,8 @@ matplotlib.rcParams["pdf.fonttype"] = 42  # TrueType in PDFs (editable text; req
 _PALETTE = ["#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a", "#9467bd", "#8c564b", "#e377c2",
             "#d62728", "#7f7f7f", "#000000", "#bcbd22"]
 _MARKERS = ["o", "v", "s", "D", "^", "<", ">", "p", "h", "*", "X", "P", "d"]
-STRATEGY_COLORS: dict[str, str] = {n: _PALETTE[i % len(_PALETTE)] for i, n in enumerate(STRATEGIES)}
-STRATEGY_MARKERS: dict[str, str] = {n: _MARKERS[i % len(_MARKERS)] for i, n in enumerate(STRATEGIES)}
+STRATEGY_COLORS: dict[str, str] = {n: _PALETTE[i % len(_PALETTE)] for i, n in enumerate(M.STRATEGIES)}
+STRATEGY_MARKERS: dict[str, str] = {n: _MARKERS[i % len(_MARKERS)] for i, n in enumerate(M.STRATEGIES)}
 OTHER_COLOR = "#c7c7c7"  # a strategy the registry does not know (never expected)
 SERIES_COLOR = "#17becf"  # a workload property (memory savings): not a strategy, so not a strategy colour
 CLAIMED_COLOR = "#555555"  # the seed's claimed figures: dashed, labelled "claimed"
@@ -158,19 +157,20 @@ def fig_latency_by_strategy(sim: pd.DataFrame, claims: Mapping, out_dir: Path,
     """Mean latency per step over batch sizes for every strategy at the default cache: bars = mean over seeds,
     whiskers = min-max over seeds; ``batched`` and ``per_item`` side by side."""
     name, title = "fig1_latency_by_strategy", "Latency per decode step by strategy (iso-cache)"
-    cache = T.default_cache(sim)
+    cache = M.default_cache(sim)
     d = sim[sim["cache"] == cache]
-    names = T.strategy_order(d["strategy"])
+    names = M.strategy_order(d["strategy"])
     batches = sorted(set(d["batch"]))
     with matplotlib.rc_context(RC):
         fig, ax = _new((10.0, 4.2), ncols=2, sharey=True)
-        for a, p in zip(ax[0], T.PROTOCOLS):
-            lat = T.latency_by_batch(sim, cache, p)
-            st = T.seed_stats(T.mean_over_batches(lat)) if not lat.empty else pd.DataFrame(columns=["mean"])
+        for a, p in zip(ax[0], M.PROTOCOLS):
+            lat = M.latency_by_batch(sim, cache, p)
+            st = M.seed_stats(M.mean_over_batches(lat)) if not lat.empty else pd.DataFrame(columns=["mean"])
             x = np.arange(len(names))
             for i, s in enumerate(names):
                 if s not in st.index or np.isnan(st.loc[s, "mean"]):
-                    a.text(i, 0.5, "n/a", ha="center", transform=a.get_xaxis_transform(), fontsize=6)
+                    why = "refused" if M.refused(d, s, protocol=p) else "n/a"
+                    a.text(i, 0.5, why, ha="center", transform=a.get_xaxis_transform(), fontsize=6)
                     continue
                 m, lo, hi = st.loc[s, "mean"], st.loc[s, "min"], st.loc[s, "max"]
                 a.bar(i, m, color=color(s), edgecolor="black", linewidth=0.4)
@@ -198,10 +198,10 @@ def fig_latency_by_strategy(sim: pd.DataFrame, claims: Mapping, out_dir: Path,
 def fig_dedup_savings(sim: pd.DataFrame, claims: Mapping, out_dir: Path,
                       hardware: Mapping[str, str] | None = None) -> Plot:
     name, title = "fig2_dedup_savings", "What deduplication saves, by batch size"
-    cache = T.default_cache(sim)
-    sv = T.dedup_savings(sim, cache, claims)
+    cache = M.default_cache(sim)
+    sv = M.dedup_savings(sim, cache, claims)
     seed = claims["tables"]["savings_by_batch"]["rows"]
-    od, fl = T.baseline(claims), T.flagship(claims)
+    od, fl = M.baseline(claims), M.flagship(claims)
     d = sim[sim["cache"] == cache]
     with matplotlib.rc_context(RC):
         fig, ax = _new((6.4, 4.4))
@@ -213,7 +213,7 @@ def fig_dedup_savings(sim: pd.DataFrame, claims: Mapping, out_dir: Path,
                    color(fl), marker(fl))]
         if not sv.empty:
             for col, label, c, mk in series:
-                st = T.over_seeds(sv, col)
+                st = M.over_seeds(sv, col)
                 b = st.index.to_numpy(float)
                 a.plot(b, 100 * st["mean"], color=c, marker=mk, label=label)
                 a.fill_between(b, 100 * st["min"], 100 * st["max"], color=c, alpha=0.2, linewidth=0)
@@ -227,7 +227,7 @@ def fig_dedup_savings(sim: pd.DataFrame, claims: Mapping, out_dir: Path,
         fig.subplots_adjust(left=0.1, right=0.98, top=0.86, bottom=0.12)
         cap = (f"{title}: ours (solid; band = min-max over seeds) against the seed's Memory and Bandwidth Savings "
                "table (dashed, claimed, not measured here). Definitions in the Definitions section. "
-               + T.describe(d, hardware))
+               + T.describe(d, hardware, [od, fl, *M.seed_groups(claims)[0]]))
         return _save(fig, out_dir, name, title, cap)
 
 
@@ -238,13 +238,13 @@ def fig_dedup_savings(sim: pd.DataFrame, claims: Mapping, out_dir: Path,
 
 def fig_latency_vs_batch(sim: pd.DataFrame, out_dir: Path, hardware: Mapping[str, str] | None = None) -> Plot:
     name, title = "fig3_latency_vs_batch", "Latency per decode step against batch size"
-    cache = T.default_cache(sim)
+    cache = M.default_cache(sim)
     d = sim[sim["cache"] == cache]
-    names = T.strategy_order(d["strategy"])
+    names = M.strategy_order(d["strategy"])
     with matplotlib.rc_context(RC):
         fig, ax = _new((10.0, 4.4), ncols=2, sharey=True)
-        for a, p in zip(ax[0], T.PROTOCOLS):
-            m = T.latency_seed_mean(sim, cache, p)
+        for a, p in zip(ax[0], M.PROTOCOLS):
+            m = M.latency_seed_mean(sim, cache, p)
             for s in names:
                 if s not in m.index:
                     continue
@@ -271,9 +271,9 @@ def fig_latency_vs_batch(sim: pd.DataFrame, out_dir: Path, hardware: Mapping[str
 def fig_cache_sizes(sim: pd.DataFrame, out_dir: Path, hardware: Mapping[str, str] | None = None,
                     batch: int | None = None) -> Plot:
     name, title = "fig4_cache_sizes", "Hit rate and latency against cache size"
-    batch = T.mid_batch(sim["batch"]) if batch is None else batch
+    batch = M.mid_batch(sim["batch"]) if batch is None else batch
     d = sim[(sim["batch"] == batch) & (sim["protocol"] == "batched")]
-    names = [s for s in T.strategy_order(d["strategy"]) if s != "gpu_only"]  # not iso-cache: no cache axis
+    names = [s for s in M.strategy_order(d["strategy"]) if s != "gpu_only"]  # not iso-cache: no cache axis
     with matplotlib.rc_context(RC):
         fig, ax = _new((10.0, 4.4), ncols=2)
         for a, col, lab in ((ax[0, 0], "hit_rate", "hit rate (hits / unique requests)"),
@@ -310,12 +310,12 @@ def fig_sim_vs_engine(engine: pd.DataFrame | None, out_dir: Path, hardware: Mapp
                "simulator's times have not been checked against measured engine times here (no data is shown "
                "rather than made up). The E5 section reports the CPU engine check when there is one.")
         return _placeholder(out_dir, name, title, msg)
-    d = T.engine_error(engine)
+    d = M.engine_error(engine)
     d = d[d["sim_latency_ms_per_step"].notna() & d["latency_ms_per_step"].notna()]
     if d.empty:
         return _placeholder(out_dir, name, title, "raw/engine.csv has no row with both an engine and a simulator "
                                                   "figure.")
-    names = T.strategy_order(d["strategy"])
+    names = M.strategy_order(d["strategy"])
     with matplotlib.rc_context(RC):
         fig, ax = _new((6.4, 5.6))
         a = ax[0, 0]
@@ -349,65 +349,43 @@ def fig_sim_vs_engine(engine: pd.DataFrame | None, out_dir: Path, hardware: Mapp
 # --------------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Replayed:
-    """A CSV row re-planned and re-simulated (see ``build.replay_rows``): its plan and timeline."""
-
-    strategy: str
-    plan: object  # artifact.core.plan.Plan
-    timeline: object  # artifact.core.timeline.Timeline
-    counts_match: bool  # the re-plan's decision counts equal the CSV row's
-
-
-def step_window(plan, tl, step: int) -> tuple[float, float]:
-    """[start, end] (ms) of decode step ``step``: its first NON-MoE part to its last COMPUTE or NON-MoE part."""
-    L = plan.layers
-    g0, g1 = step * L, (step + 1) * L - 1
-    in_step = (plan.comp_ls // L) == step
-    ends = [float(tl.nonmoe_end[g1])] + ([float(tl.comp_end[in_step].max())] if in_step.any() else [])
-    return float(tl.nonmoe_start[g0]), max(ends)
-
-
-def fig_timeline(replayed: list[Replayed], rows: pd.DataFrame, out_dir: Path,
-                 hardware: Mapping[str, str] | None = None, step: int | None = None) -> Plot:
+def fig_timeline(timelines: list[StepTimeline], rows: pd.DataFrame, out_dir: Path,
+                 hardware: Mapping[str, str] | None = None) -> Plot:
     """Gantt bars of one decode step for a few strategies: the copy link (LOADs: demand solid, prefetch hatched)
-    and the compute stream (expert FFNs in the strategy's colour, the non-MoE part grey)."""
+    and the compute stream (expert FFNs in the strategy's colour, the non-MoE part grey). ``timelines``: the
+    runner's saved steps (``load.read_timelines``), in the order to draw; ``rows``: their CSV rows."""
     name, title = "fig6_step_timeline", "One decode step: copies and compute"
-    if not replayed:
-        return _placeholder(out_dir, name, title, "No rows to re-plan for the timeline (raw/sim.csv lacks the "
-                                                  "strategies or the batch size it needs).")
-    steps = replayed[0].plan.steps
-    step = steps // 2 if step is None else step  # mid-run: the cache is warm, the pool not yet draining
+    if not timelines:
+        return _placeholder(out_dir, name, title, "No step timeline to draw: raw/timelines.json is absent or has "
+                                                  "none of the points the sim grid marks for this figure.")
+    step, steps = _join(sorted({t.step for t in timelines})), _join(sorted({t.steps for t in timelines}))
     with matplotlib.rc_context(RC):
-        fig, ax = _new((10.0, 1.6 + 0.9 * len(replayed)))
+        fig, ax = _new((10.0, 1.6 + 0.9 * len(timelines)))
         a = ax[0, 0]
         ylabels, yticks = [], []
         width = 0.0
-        for k, r in enumerate(replayed):
-            plan, tl = r.plan, r.timeline
-            t0, t1 = step_window(plan, tl, step)
-            width = max(width, t1 - t0)
-            base = (len(replayed) - 1 - k) * 1.0
+        for k, tl in enumerate(timelines):
+            w = tl.step_ms
+            width = max(width, w)
+            base = (len(timelines) - 1 - k) * 1.0
             y_copy, y_comp = base + 0.5, base + 0.1
-            c = color(r.strategy)
-            ov = (tl.load_end > t0) & (tl.load_start < t1)
+            c = color(tl.strategy)
+            # Times are ms since the step's start; an operation that overlaps the step's edge is clipped to it.
             for pf, hatch, alpha in ((False, None, 1.0), (True, "////", 0.45)):
-                sel = ov & (plan.load_prefetch == pf)
+                sel = tl.load_prefetch == pf
                 if sel.any():
-                    st, en = np.maximum(tl.load_start[sel], t0) - t0, np.minimum(tl.load_end[sel], t1) - t0
+                    st, en = np.maximum(tl.load_start[sel], 0.0), np.minimum(tl.load_end[sel], w)
                     a.broken_barh(list(zip(st, en - st)), (y_copy, 0.3), facecolors=c, alpha=alpha, hatch=hatch,
                                   edgecolor="black", linewidth=0.2)
-            sel = (tl.comp_end > t0) & (tl.comp_start < t1)
-            if sel.any():
-                st, en = np.maximum(tl.comp_start[sel], t0) - t0, np.minimum(tl.comp_end[sel], t1) - t0
+            if tl.comp_start.size:
+                st, en = np.maximum(tl.comp_start, 0.0), np.minimum(tl.comp_end, w)
                 a.broken_barh(list(zip(st, en - st)), (y_comp, 0.3), facecolors=c, edgecolor="black", linewidth=0.2)
-            sel = (tl.nonmoe_end > t0) & (tl.nonmoe_start < t1)
-            if sel.any():
-                st, en = np.maximum(tl.nonmoe_start[sel], t0) - t0, np.minimum(tl.nonmoe_end[sel], t1) - t0
+            if tl.nonmoe_start.size:
+                st, en = np.maximum(tl.nonmoe_start, 0.0), np.minimum(tl.nonmoe_end, w)
                 a.broken_barh(list(zip(st, en - st)), (y_comp, 0.3), facecolors="#bbbbbb", edgecolor="black",
                               linewidth=0.2)
             yticks += [y_copy + 0.15, y_comp + 0.15]
-            ylabels += [f"{r.strategy}: copy link", f"{r.strategy}: compute"]
+            ylabels += [f"{tl.strategy}: copy link", f"{tl.strategy}: compute"]
         a.set_yticks(yticks)
         a.set_yticklabels(ylabels)
         a.set_xlim(0, width * 1.02 if width > 0 else 1.0)
@@ -415,17 +393,13 @@ def fig_timeline(replayed: list[Replayed], rows: pd.DataFrame, out_dir: Path,
         extra = [Patch(facecolor="white", edgecolor="black", label="demand LOAD (solid)"),
                  Patch(facecolor="white", edgecolor="black", hatch="////", label="prefetch LOAD (hatched)"),
                  Patch(facecolor="#bbbbbb", edgecolor="black", label="non-MoE part (attention, router)")]
-        _legend(fig, [r.strategy for r in replayed], ncol=6, extra=extra)
+        _legend(fig, [tl.strategy for tl in timelines], ncol=6, extra=extra)
         batch = _join(sorted(set(rows["batch"])))
         _suptitle(fig, f"{title}, batch {batch}, batched", _short_context(rows, hardware))
         fig.subplots_adjust(left=0.2, right=0.99, top=0.84, bottom=0.2)
-        match = all(r.counts_match for r in replayed)
-        cap = (f"{title}: decode step {step} of {steps} at batch {batch}, re-planned and re-simulated from the CSV "
-               "rows' configuration (same workload seed, cache, protocol and hardware profile; the simulator is "
-               "deterministic); re-planned decision counts "
-               + ("equal the CSV rows'" if match else "DIFFER from the CSV rows' (the code changed since the run)")
-               + ". Copies run in plan order on one link; a bar that starts before the step is clipped. "
-               + T.describe(rows, hardware))
+        cap = (f"{title}: decode step {step} of {steps} at batch {batch}, as the simulator timed it in the runs of "
+               "these CSV rows (saved by the runner in raw/timelines.json). Copies run in plan order on one link; a "
+               "bar that starts before the step is clipped. " + T.describe(rows, hardware))
         return _save(fig, out_dir, name, title, cap)
 
 
@@ -436,15 +410,15 @@ def fig_timeline(replayed: list[Replayed], rows: pd.DataFrame, out_dir: Path,
 
 def fig_gaps(sim: pd.DataFrame, out_dir: Path, hardware: Mapping[str, str] | None = None) -> Plot:
     name, title = "fig7_gaps_to_bounds", "Gap of each strategy to the bounds"
-    cache = T.default_cache(sim)
+    cache = M.default_cache(sim)
     d = sim[(sim["cache"] == cache) & (sim["protocol"] == "batched")]
-    bounds = {n for n, s in STRATEGIES.items() if s.role == 'bound'}
-    names = [s for s in T.strategy_order(d["strategy"]) if s not in bounds]
+    bounds = {n for n, s in M.STRATEGIES.items() if s.role == 'bound'}
+    names = [s for s in M.strategy_order(d["strategy"]) if s not in bounds]
     with matplotlib.rc_context(RC):
         fig, ax = _new((10.0, 4.4), ncols=2)
         for a, value, bound, lab in ((ax[0, 0], "loads", "belady", "loads / belady loads"),
                                      (ax[0, 1], "latency_ms_per_step", "oracle", "latency / oracle latency")):
-            g = T.gap_frame(sim, value, bound, cache)
+            g = M.gap_frame(sim, value, bound, cache)
             if g.empty:
                 a.text(0.5, 0.5, f"no {bound} rows", ha="center", transform=a.transAxes)
                 continue

@@ -14,7 +14,10 @@ STRATEGIES = strategies()
 
 # FACTS.md sections 2-3: bytes of one bf16 expert.
 EXPERT_BYTES = {"switch-base-128": 9_437_184, "mixtral-8x7b": 352_321_536, "olmoe-1b-7b": 12_582_912,
-                "qwen1.5-moe-a2.7b": 17_301_504, "deepseek-v2-lite": 17_301_504}
+                "qwen1.5-moe-a2.7b": 17_301_504, "deepseek-v2-lite": 17_301_504,
+                # 3 * d_model * d_ff * 2 B from each model's config (artifact/models.py cites them)
+                "qwen3-30b-a3b": 9_437_184, "gemma-4-26b-a4b": 11_894_784, "gpt-oss-120b": 49_766_400,
+                "gpt-oss-20b": 49_766_400, "deepseek-v3": 88_080_384}
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

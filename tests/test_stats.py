@@ -90,8 +90,15 @@ def test_cross_layer_majority_and_fallback():
     assert same["cross_layer_accuracy"] == [pytest.approx(1.0)]
     differ = trace_stats(_trace([[0, 5]] * 3 + [[1, 6]] * 3, [3, 3], 8), batches=())
     assert differ["cross_layer_accuracy"] == [pytest.approx(0.0)]
-    # One sequence: nothing to hold out.
-    assert trace_stats(_trace([[0, 5]] * 3, [3], 8), batches=())["cross_layer_accuracy"] is None
+    # One sequence (a real capture of one prompt): split in time, first half fits, second half evaluates, with a
+    # note that the figure rests on few tokens. 0 -> 5, 0 -> 5 | 0 -> 6, 1 -> 5: the table says 5 after 0 and,
+    # for the unseen 1, the fit half's most popular 5: right on the last token only.
+    one = trace_stats(_trace([[0, 5], [0, 5], [0, 6], [1, 5]], [4], 8), batches=())
+    assert one["cross_layer_accuracy"] == [pytest.approx(0.5)] and one["cross_layer_split"] == "time"
+    assert one["cross_layer_held_out_tokens"] == 2 and "only 2 held-out tokens" in one["cross_layer_note"]
+    assert same["cross_layer_split"] == "sequences"
+    # A single one-token sequence: nothing to hold out.
+    assert trace_stats(_trace([[0, 5]], [1], 8), batches=())["cross_layer_accuracy"] is None
 
 
 def test_lookahead_accuracy():

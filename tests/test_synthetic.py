@@ -239,3 +239,28 @@ def test_any_parameters_give_a_valid_trace(name, sequences, tokens, seed, locali
     tr = generate(name, sequences, tokens, seed, locality=locality, cross_layer=cross, lookahead_accuracy=acc)
     validate(tr)
     assert tr.num_sequences == sequences
+
+
+def test_fitted_presets_are_what_the_fit_gives_on_the_vendored_traces():
+    """The presets of the models with a real trace hold exactly the numbers `python -m artifact.traces.fit` prints,
+    and the generated routing matches the real temporal locality and adjacent-layer predictability."""
+    from artifact.traces import synthetic as syn
+    from artifact.traces.fit import fit
+    from artifact.traces.vendored import load
+
+    f = fit(load("gpt-oss-120b"))
+    assert f.popularity_exponent == syn.GPTOSS_EXPONENT and f.popularity_offset == syn.GPTOSS_OFFSET
+    assert f.locality == syn.GPTOSS_LOCALITY and f.cross_layer == syn.GPTOSS_CROSS_LAYER
+    for key in ("temporal_locality", "cross_layer_accuracy"):
+        assert abs(f.achieved[key] - f.real[key]) < 0.01, key
+    assert abs(f.achieved["top10_share"] - f.real["top10_share"]) < 0.05
+
+
+def test_fit_popularity_recovers_a_known_law():
+    from artifact.traces.fit import fit_popularity
+
+    r = np.arange(1, 129, dtype=np.float64)
+    p = (r + 4.0) ** -1.3
+    counts = np.round(p / p.sum() * 1e7).astype(np.int64)
+    s, q = fit_popularity(counts)
+    assert (s, q) == (1.3, 4.0)

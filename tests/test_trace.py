@@ -8,7 +8,19 @@ import zipfile
 import numpy as np
 import pytest
 
-from artifact.traces.trace import SCHEMA_VERSION, Trace, TraceError, concat, load, make_meta, save
+from artifact.traces.trace import (
+    DECODE,
+    PREFILL,
+    SCHEMA_VERSION,
+    Trace,
+    TraceError,
+    concat,
+    load,
+    make_meta,
+    phase_tokens,
+    save,
+    select,
+)
 
 
 def _trace(tokens=(3, 4), layers=12, k=1, experts=128, model="switch-base-128", lookahead=True, gates=True, seed=0):
@@ -151,8 +163,9 @@ def test_missing_meta_field(tmp_path, key):
 
 def test_unknown_schema_version(tmp_path):
     tr = _trace()
-    meta = dict(tr.meta, schema_version=SCHEMA_VERSION + 41)
-    with pytest.raises(TraceError, match=r"'meta.schema_version': unknown schema version 42"):
+    meta = dict(tr.meta, schema_version=42)
+    with pytest.raises(TraceError, match=r"'meta.schema_version': unknown schema version 42 \(this version reads 1, "
+                                         r"2\)"):
         load(_write_raw(tmp_path / "x.npz", **_arrays(tr, meta=np.array(json.dumps(meta)))))
 
 
@@ -188,3 +201,90 @@ def test_corrupt_member(tmp_path):
 def test_not_a_file(tmp_path):
     with pytest.raises(TraceError, match="no such file"):
         load(tmp_path / "absent.npz")
+
+
+# --- schema version 2: phase, top-k used and native ------------------------------------------------------------------
+
+
+def _phased(tokens=(3, 4), prefill=(1, 2), **kw):
+    tr = _trace(tokens, **kw)
+    ph = np.concatenate([[PREFILL] * p + [DECODE] * (n - p) for n, p in zip(tokens, prefill)]).astype(np.int8)
+    return Trace(tr.experts, tr.seq_offsets, tr.meta, tr.gates, tr.lookahead, ph)
+
+
+def test_phase_round_trip(tmp_path):
+    assert SCHEMA_VERSION == 2
+    tr = _phased()
+    back = load(save(tr, tmp_path / "t.npz"))
+    np.testing.assert_array_equal(back.phase, [0, 1, 1, 0, 0, 1, 1])
+    assert back.phase_counts() == {"prefill": 3, "decode": 4}
+    assert load(save(_trace(), tmp_path / "u.npz")).phase_counts() == {"unknown": 7}
+
+
+def test_version_1_file_still_loads(tmp_path):
+    tr = _trace()
+    meta = dict(tr.meta, schema_version=1)
+    back = load(_write_raw(tmp_path / "v1.npz", **_arrays(tr, meta=np.array(json.dumps(meta)))))
+    assert back.meta["schema_version"] == 1 and back.phase is None
+    np.testing.assert_array_equal(back.experts, tr.experts)
+
+
+@pytest.mark.parametrize("phase, version, words", [
+    (np.array([0, 1, 1, 0, 0, 1, 1], np.int8), 1, "needs schema version 2, the file says 1"),
+    (np.array([0, 1, 1, 0, 0, 1, 1], np.int32), 2, "dtype must be int8"),
+    (np.array([0, 1, 1, 0, 0, 1], np.int8), 2, r"shape \[6\] differs from \[tokens\] = \[7\]"),
+    (np.array([0, 1, 2, 0, 0, 1, 1], np.int8), 2, r"token 2 holds 2 \(0 prefill, 1 decode\)"),
+    (np.array([0, 1, 0, 0, 0, 1, 1], np.int8), 2, "sequence 0: token 2 is prefill after a decode token"),
+])
+def test_bad_phase(tmp_path, phase, version, words):
+    tr = _trace()
+    meta = dict(tr.meta, schema_version=version)
+    p = _write_raw(tmp_path / "x.npz", **_arrays(tr, meta=np.array(json.dumps(meta)), phase=phase))
+    with pytest.raises(TraceError, match=r"x\.npz: field 'phase': " + words):
+        load(p)
+
+
+def test_phase_may_restart_at_a_new_sequence():
+    tr = _phased(prefill=(0, 4))  # sequence 0 all decode, sequence 1 all prefill
+    assert tr.validate().phase_counts() == {"prefill": 4, "decode": 3}
+
+
+def test_select_and_phase_tokens():
+    tr = _phased(tokens=(3, 4, 2), prefill=(1, 2, 2))
+    dec = phase_tokens(tr, DECODE)
+    assert dec.seq_lengths.tolist() == [2, 2]  # the third sequence has no decode token: dropped
+    np.testing.assert_array_equal(dec.experts, tr.experts[[1, 2, 5, 6]])
+    np.testing.assert_array_equal(dec.gates, tr.gates[[1, 2, 5, 6]])
+    pre = phase_tokens(tr, PREFILL)
+    assert pre.seq_lengths.tolist() == [1, 2, 2]
+    assert phase_tokens(_trace(), DECODE).num_tokens == 7  # no phase field: every token
+    with pytest.raises(ValueError, match="no prefill tokens"):
+        phase_tokens(_phased(prefill=(0, 0)), PREFILL)
+    assert select(tr, np.ones(9, bool)).seq_lengths.tolist() == [3, 4, 2]
+
+
+def test_concat_keeps_phase_only_if_all_have_it():
+    assert concat([_phased(), _phased()]).phase_counts() == {"prefill": 6, "decode": 8}
+    assert concat([_phased(), _trace()]).phase is None
+
+
+def test_top_k_meta_fields(tmp_path):
+    tr = _trace(k=2, experts=8, model="x")
+    ok = Trace(tr.experts, tr.seq_offsets, dict(tr.meta, top_k_used=2, native_top_k=4))
+    assert ok.validate().native_top_k == 4
+    for meta, words in ((dict(tr.meta, top_k_used=3), "'meta.top_k_used': is 3 but the experts hold top-2"),
+                        (dict(tr.meta, native_top_k=1), "'meta.native_top_k': is 1 but the experts hold top-2")):
+        with pytest.raises(TraceError, match=words):
+            Trace(tr.experts, tr.seq_offsets, meta).validate()
+
+
+def test_preset_top_k_fewer_allowed_more_refused(tmp_path):
+    fewer = _trace(layers=16, k=4, experts=64, model="olmoe-1b-7b")
+    assert fewer.validate().native_top_k == 8  # from the preset
+    more = _trace(layers=12, k=2, model="switch-base-128")
+    with pytest.raises(TraceError, match=r"'experts': top_k is 2 but model preset switch-base-128 routes top-1: a "
+                                         r"trace may use fewer experts per token than its model, never more"):
+        load(_write_raw(tmp_path / "x.npz", **_arrays(more)))
+    wrong = Trace(fewer.experts, fewer.seq_offsets, dict(fewer.meta, native_top_k=6))
+    with pytest.raises(TraceError, match=r"'meta.native_top_k': is 6 but model preset olmoe-1b-7b routes top-8"):
+        wrong.validate()

@@ -23,8 +23,8 @@ DEFAULT_TOKENS = 128
 
 @dataclass(frozen=True)
 class WorkloadSpec:
-    model: str
-    trace: str | None = None  # a trace file; None = the synthetic generator
+    model: str | None  # a preset; None with a trace = the trace's own model
+    trace: str | None = None  # a trace file or vendored:NAME; None = the synthetic generator
     sequences: int = DEFAULT_SEQUENCES
     tokens: int = DEFAULT_TOKENS
     seed: int = 0
@@ -38,7 +38,11 @@ class WorkloadSpec:
 
 def load_trace(ws: WorkloadSpec) -> tracefile.Trace:
     if ws.trace:
-        return tracefile.load(ws.trace)
+        from artifact.traces.vendored import open_trace
+
+        return open_trace(ws.trace)
+    if ws.model is None:
+        raise ValueError("workload: a synthetic workload needs a model preset")
     from artifact.traces.synthetic import generate
 
     return generate(ws.model, sequences=ws.sequences, tokens=ws.tokens, seed=ws.seed)
@@ -79,7 +83,7 @@ def engine_one(w: Workload, strategy: str, cache_experts: int, protocol: str = "
     """
     from dataclasses import replace
 
-    from artifact.runtime.engine import OffloadEngine
+    from artifact.engine import OffloadEngine
 
     hw = load_profile(hardware) if isinstance(hardware, str) else hardware
     req = requests if requests is not None else build_requests(w)

@@ -8,6 +8,11 @@ last steps then hold fewer than ``batch`` tokens.
 
 Prefill: each step runs ``batch`` whole sequences at once (many tokens per sequence).
 
+Phases: a trace with a ``phase`` field (schema version 2) gives its decode tokens to :func:`decode_workload` and its
+prefill tokens to :func:`prefill_workload` (``all_tokens=True`` takes every token); a sequence without tokens of the
+phase drops out of the pool, and positions count from the sequence's first token of that phase. A trace without
+the field (phase unknown: version-1 files, synthetic traces) gives every token to both.
+
 A workload is flat: tokens of step ``s`` are ``step_offsets[s]:step_offsets[s + 1]`` of the ``[T, L, K]`` arrays,
 in slot order, with the slot (``item``), pool sequence (``seq``) and position (``pos``) of each token beside them.
 """
@@ -17,17 +22,34 @@ from __future__ import annotations
 import numpy as np
 
 from artifact.core.workload import Workload
-from artifact.models import ModelSpec, get_model
-from artifact.traces.trace import Trace
+from artifact.models import PRESETS, ModelSpec, get_model
+from artifact.traces.trace import DECODE, PREFILL, Trace, phase_tokens
 
 
 def _resolve_model(trace: Trace, model: ModelSpec | str | None) -> ModelSpec:
+    """The model a workload of ``trace`` runs: ``model`` (a preset name or a spec), by default the trace's own.
+
+    The trace's top-k is authoritative: a trace that routes fewer experts per token than the model's config (a
+    capture run with a reduced top-k) gets the spec ``with_top_k(trace.top_k)``, which keeps the config's figure as
+    ``native_top_k``; more than the config's top-k is an error. Expert bytes always come from the spec (bf16
+    experts of the model's config): the bytes a capture's own engine moved (e.g. the quantised GGUF experts of the
+    route-csv traces, kept in the trace's ``meta`` as provenance) are not used.
+    """
     if model is None:
         model = trace.meta["model"]
+        if model not in PRESETS:
+            raise ValueError(f"workload: the trace's model {model!r} ({trace.meta.get('source')}) is no preset; "
+                             f"name one (--model): {', '.join(PRESETS)}")
     spec = get_model(model) if isinstance(model, str) else model
-    if spec.experts != trace.num_experts or spec.top_k != trace.top_k:
-        raise ValueError(f"workload: trace ({trace.meta.get('model')}) has {trace.num_experts} experts "
-                         f"top-{trace.top_k}, model {spec.name} has {spec.experts} top-{spec.top_k}")
+    if spec.experts != trace.num_experts:
+        raise ValueError(f"workload: trace ({trace.meta.get('model')}) has {trace.num_experts} experts, "
+                         f"model {spec.name} has {spec.experts}")
+    if trace.top_k > spec.config_top_k:
+        raise ValueError(f"workload: trace ({trace.meta.get('model')}) routes top-{trace.top_k}, more than model "
+                         f"{spec.name}'s top-{spec.config_top_k}: a trace may use fewer experts per token than its "
+                         f"model, never more")
+    if trace.top_k != spec.top_k:
+        spec = spec.with_top_k(trace.top_k)
     if spec.moe_layers != trace.layers:
         # A recorded trace may run fewer MoE layers than the preset frames (e.g. Switch decoder layers only).
         from dataclasses import replace
@@ -37,13 +59,16 @@ def _resolve_model(trace: Trace, model: ModelSpec | str | None) -> ModelSpec:
 
 
 def decode_workload(trace: Trace, batch: int, steps: int | None = None,
-                    model: ModelSpec | str | None = None) -> Workload:
-    """Continuous-batching decode: ``batch`` slots, each taking the pool's sequences in order."""
+                    model: ModelSpec | str | None = None, all_tokens: bool = False) -> Workload:
+    """Continuous-batching decode: ``batch`` slots, each taking the pool's sequences in order (the trace's decode
+    tokens when it has a phase field, unless ``all_tokens``)."""
     if batch < 1:
         raise ValueError(f"workload: batch must be >= 1, got {batch}")
     if steps is not None and steps < 1:
         raise ValueError(f"workload: steps must be >= 1, got {steps}")
     spec = _resolve_model(trace, model)
+    if not all_tokens:
+        trace = phase_tokens(trace, DECODE)
     lengths = trace.seq_lengths
     n_seq = lengths.shape[0]
     # Each slot serves a queue of sequences; a sequence goes to the slot that frees first (ties: lowest slot),
@@ -74,11 +99,14 @@ def decode_workload(trace: Trace, batch: int, steps: int | None = None,
 
 
 def prefill_workload(trace: Trace, batch: int, steps: int | None = None,
-                     model: ModelSpec | str | None = None) -> Workload:
-    """Prefill: step ``s`` runs sequences ``s*batch .. s*batch + batch - 1`` whole."""
+                     model: ModelSpec | str | None = None, all_tokens: bool = False) -> Workload:
+    """Prefill: step ``s`` runs sequences ``s*batch .. s*batch + batch - 1`` whole (their prefill tokens when the
+    trace has a phase field, unless ``all_tokens``)."""
     if batch < 1:
         raise ValueError(f"workload: batch must be >= 1, got {batch}")
     spec = _resolve_model(trace, model)
+    if not all_tokens:
+        trace = phase_tokens(trace, PREFILL)
     n_seq = trace.num_sequences
     n_steps = -(-n_seq // batch)
     if steps is not None:

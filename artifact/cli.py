@@ -17,9 +17,10 @@ def _fmt(p: argparse.ArgumentParser) -> None:
 def _add_workload_args(p: argparse.ArgumentParser) -> None:
     from artifact.experiments.runs import DEFAULT_SEQUENCES, DEFAULT_TOKENS
 
-    p.add_argument("--model", default="switch-base-128", help="model preset")
+    p.add_argument("--model", default=None,
+                   help="model preset (default: the trace's model with --trace, else switch-base-128)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--trace", help="routing trace file (.npz)")
+    src.add_argument("--trace", help="routing trace file (.npz), or vendored:NAME (a trace shipped with the package)")
     src.add_argument("--synthetic", action="store_true", help="use the calibrated synthetic generator (default)")
     p.add_argument("--sequences", type=int, default=DEFAULT_SEQUENCES, help="synthetic pool: sequences")
     p.add_argument("--tokens", type=int, default=DEFAULT_TOKENS, help="synthetic pool: mean tokens per sequence")
@@ -34,10 +35,20 @@ def _add_workload_args(p: argparse.ArgumentParser) -> None:
 
 
 def _workload(args):
-    from artifact.experiments.runs import WorkloadSpec, make_workload
+    from artifact.experiments.runs import WorkloadSpec, load_trace, make_workload
 
-    ws = WorkloadSpec(args.model, args.trace, args.sequences, args.tokens, args.seed)
-    return ws, make_workload(ws, args.batch, args.steps or None)
+    model, tr = args.model, None
+    if args.trace:  # the trace's own model unless --model names another (None: the workload says which to name)
+        tr = load_trace(WorkloadSpec(model, args.trace))
+    elif model is None:
+        model = "switch-base-128"
+    ws = WorkloadSpec(model, args.trace, args.sequences, args.tokens, args.seed)
+    return ws, make_workload(ws, args.batch, args.steps or None, trace=tr)
+
+
+def _top_k(w) -> dict:
+    """The workload's top-k (the trace's, authoritative) and the model's own, so a reduced top-k shows."""
+    return {"top_k": w.model.top_k, "native_top_k": w.model.config_top_k}
 
 
 def _print_row(row: dict, as_json: bool) -> None:
@@ -54,7 +65,7 @@ def cmd_simulate(args) -> int:
 
     ws, w = _workload(args)
     row, _ = simulate_one(w, args.strategy, args.cache_experts, args.protocol, args.seed, args.hardware)
-    row = {"workload": ws.label, **row}
+    row = {"workload": ws.label, **row, **_top_k(w)}
     _print_row(row, args.json)
     return 0
 
@@ -65,13 +76,13 @@ def cmd_run(args) -> int:
     ws, w = _workload(args)
     row, _, _ = engine_one(w, args.strategy, args.cache_experts, args.protocol, args.seed, args.hardware,
                            device=args.device, repeats=args.repeats, dtype=args.dtype)
-    row = {"workload": ws.label, "device": args.device, **row}
+    row = {"workload": ws.label, "device": args.device, **row, **_top_k(w)}
     _print_row(row, args.json)
     return 0
 
 
 def cmd_calibrate(args) -> int:
-    from artifact.runtime.calibrate import calibrate
+    from artifact.measure.calibrate import calibrate
 
     prof = calibrate(args.device, args.models or None, args.output, quick=args.quick, name=args.name,
                      dtype=args.dtype)
@@ -97,7 +108,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from artifact.experiments.reproduce import reproduce
+    from artifact.reproduce import reproduce
 
     reproduce(args.out, quick=args.quick, device=args.device, jobs=args.jobs, hardware=args.hardware,
               recalibrate=args.recalibrate)
@@ -128,11 +139,78 @@ def cmd_trace_generate(args) -> int:
 
 def cmd_trace_inspect(args) -> int:
     from artifact.traces.stats import render_text, trace_stats
-    from artifact.traces.trace import load
+    from artifact.traces.vendored import open_trace
 
-    st = trace_stats(load(args.file))
-    print(json.dumps(st) if args.json else render_text(st))
+    st = trace_stats(open_trace(args.file), phase=args.phase)
+    print(json.dumps(st, allow_nan=False) if args.json else render_text(st))
     return 0
+
+
+def cmd_trace_import(args) -> int:
+    from artifact.traces.importers import import_file
+
+    opts = {k: v for k, v in vars(args).items() if k in _IMPORT_OPTIONS and v is not None}
+    tr, warnings, out = import_file(args.format, args.input, args.output, **opts)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    phases = ", ".join(f"{v} {k}" for k, v in tr.phase_counts().items())
+    native = "unknown" if tr.native_top_k is None else tr.native_top_k
+    print(f"wrote {out}: model {tr.meta['model']}, {tr.num_sequences} sequences, {tr.num_tokens} tokens ({phases}), "
+          f"{tr.layers} layers, {tr.num_experts} experts, top-{tr.top_k} (model's own top-{native})", file=sys.stderr)
+    return 0
+
+
+# keyword arguments of the importers that the `trace import` subcommands may set
+_IMPORT_OPTIONS = ("model", "num_experts", "layers", "top_k", "start_len", "incomplete_prefill", "seq_field",
+                   "token_field", "layer_field", "experts_field", "gates_field", "phase_field")
+
+
+def _add_import_parsers(tsub) -> None:
+    imp = tsub.add_parser("import", help="import routing dumps of other tools (route-csv, jsonl, vllm, sglang)",
+                          description="Convert a routing dump into the project's trace format (.npz, schema 2), "
+                          "with provenance in its meta. Bad input is refused with file, line, field and value; "
+                          "nothing is written then.")
+    _fmt(imp)
+    fsub = imp.add_subparsers(dest="format", required=True, metavar="FORMAT")
+
+    def fmt_parser(name: str, help_: str):
+        f = fsub.add_parser(name, help=help_, description=help_)
+        _fmt(f)
+        f.add_argument("input", help="file to import")
+        f.add_argument("-o", "--output", required=True, help="output trace (.npz), written atomically")
+        return f
+
+    def incomplete(f) -> None:
+        f.add_argument("--incomplete-prefill", choices=("drop", "error"), default="drop",
+                       help="a prefill token that has only its first layers: drop it (counted, warned) or refuse")
+
+    def shape(f, layers: bool) -> None:
+        f.add_argument("--model", default=None, help="model preset (gives experts, layers, top-k) or a model name")
+        f.add_argument("--num-experts", type=int, default=None, help="experts per layer; unset: the preset's")
+        if layers:
+            f.add_argument("--layers", type=int, default=None, help="MoE layers; unset: the preset's")
+
+    f = fmt_parser("route-csv", "BigMoeOnEdge's route_trace v1 CSV (header block and rows)")
+    f.add_argument("--model", default=None, help="model preset; unset: from the header's arch, layers and experts")
+    incomplete(f)
+    f = fmt_parser("jsonl", "one JSON object per token and layer; field names as options")
+    shape(f, layers=True)
+    f.add_argument("--seq-field", default="sequence", help="field of the sequence id")
+    f.add_argument("--token-field", default="token", help="field of the token position")
+    f.add_argument("--layer-field", default="layer", help="field of the MoE layer")
+    f.add_argument("--experts-field", default="experts", help="field of the top-k expert ids (a list)")
+    f.add_argument("--gates-field", default="gates", help="field of the gate weights, if present")
+    f.add_argument("--phase-field", default=None, help="field of the phase (0/prefill, 1/decode), if any")
+    incomplete(f)
+    f = fmt_parser("vllm", "vLLM responses with prompt_routed_experts / choices[].routed_experts "
+                   "(--enable-return-routed-experts)")
+    shape(f, layers=False)
+    f = fmt_parser("sglang", "SGLang responses with choices[].sgl_ext.routed_experts or meta_info.routed_experts "
+                   "(return_routed_experts)")
+    shape(f, layers=True)
+    f.add_argument("--top-k", type=int, default=None, help="experts per token in the payload; unset: the preset's")
+    f.add_argument("--start-len", type=int, default=0, help="the request's routed_experts_start_len")
+    imp.set_defaults(func=cmd_trace_import)
 
 
 def cmd_trace_record(args) -> int:
@@ -150,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=__version__)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("trace", help="generate, record and inspect routing traces")
+    t = sub.add_parser("trace", help="generate, record, import and inspect routing traces")
     _fmt(t)
     tsub = t.add_subparsers(dest="trace_command", required=True, metavar="SUBCOMMAND")
     g = tsub.add_parser("generate", help="write a calibrated synthetic trace")
@@ -163,8 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_trace_generate)
     i = tsub.add_parser("inspect", help="print a trace's routing statistics")
     _fmt(i)
-    i.add_argument("file", help="trace file (.npz)")
+    i.add_argument("file", help="trace file (.npz), or vendored:NAME")
     i.add_argument("--json", action="store_true", help="print one JSON object")
+    i.add_argument("--phase", choices=("decode", "prefill", "all"), default="decode",
+                   help="which tokens of a trace that marks phases to measure")
     i.set_defaults(func=cmd_trace_inspect)
     r = tsub.add_parser("record", help="record routing from a transformers MoE model during generation")
     _fmt(r)
@@ -174,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="cpu", help="torch device")
     r.add_argument("-o", "--output", required=True, help="output .npz")
     r.set_defaults(func=cmd_trace_record)
+    _add_import_parsers(tsub)
 
     s = sub.add_parser("simulate", help="plan a workload with one strategy and time it with the simulator")
     _fmt(s)

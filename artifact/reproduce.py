@@ -39,9 +39,10 @@ def reproduce(out: str | Path = "out/reproduce", quick: bool = False, device: st
     hw_dir.mkdir(parents=True, exist_ok=True)
     cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
     if cuda:
-        from artifact.runtime.calibrate import _profile_name, calibrate
+        from artifact.measure.calibrate import calibrate
+        from artifact.measure.environment import gpu_family
 
-        name = hardware or _profile_name(torch.device("cuda"))
+        name = hardware or gpu_family(torch.device("cuda"))
         prof_path = hw_dir / f"{name}.json"
         if recalibrate or not prof_path.is_file():
             _stage(f"calibrating this GPU into {prof_path}", t0)
@@ -49,9 +50,10 @@ def reproduce(out: str | Path = "out/reproduce", quick: bool = False, device: st
         profile = load_profile(str(prof_path))
         if not (raw / "gpu_checks.json").is_file():
             _stage("GPU checks (copy efficiency, host overhead, overlap, accelerate peer, correctness)", t0)
-            from artifact.runtime.gpu_checks import main as gpu_checks
+            from artifact.experiments.gpu_checks import main as gpu_checks
 
-            gpu_checks(["--out", str(raw)] + (["--quick"] if quick else []))
+            # Planned on the profile just calibrated, as the engine grid is.
+            gpu_checks(["--out", str(raw), "--hardware", str(prof_path)] + (["--quick"] if quick else []))
         _stage("E5: engine grid on the GPU", t0)
         run_grid(grids.engine_grid(quick), raw, profile, device="cuda")
     else:

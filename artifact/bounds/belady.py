@@ -44,7 +44,7 @@ class Belady(Strategy):
         idx = np.searchsorted(self._gid[a:b], gids) + a
         return self._next[idx]
 
-    def evict(self, cand, n, g):
+    def evict(self, cand, n, g, incoming=None):
         return smallest(self.key, cand, n)
 
     def on_fill(self, slots, gids, g, targets=None):
@@ -61,7 +61,7 @@ class AgedMIN(Belady):
         super().__init__(ctx)
         self.window = window
 
-    def evict(self, cand, n, g):
+    def evict(self, cand, n, g, incoming=None):
         recent = self.ctx.cache.last_read[cand] > g - 1 - self.window
         return smallest_of((recent.astype(np.int64) << 62) + (self.key[cand] + NEVER), cand, n)
 

@@ -30,3 +30,15 @@ def smallest_of(k: np.ndarray, cand: np.ndarray, n: int) -> np.ndarray:
     sel = np.nonzero(k <= kth)[0]
     sel = sel[np.lexsort((cand[sel], k[sel]))][:n]
     return cand[sel]
+
+
+def smallest_lex(cand: np.ndarray, n: int, *keys: np.ndarray) -> np.ndarray:
+    """The ``n`` candidates first in lexicographic order of ``keys`` (primary key first; integer arrays aligned with
+    ``cand``), ties to the lower candidate."""
+    if n <= 0 or cand.shape[0] == 0:
+        return cand[:0]
+    for k in keys:
+        if k.dtype.kind == "f":
+            raise TypeError("select: keys must be integers (round floats to fixed point first: platform-exact choices)")
+    order = np.lexsort((cand,) + tuple(reversed(keys)))
+    return cand[order[:n]]

@@ -6,7 +6,8 @@ scheduler calls them in this order for every layer-step ``g`` (layer ``g % L`` o
 1. ``observe(g)``: the router of ``g`` has run; the strategy may read what is visible now (``ctx.routing(g)``,
    ``ctx.lookahead(g + 1)``, ...). Every accessor checks the clock of the walk.
 2. For each group of ``g`` (the whole batch, or one item under ``per_item``): the experts not resident need slots;
-   ``evict(candidates, n, g)`` names ``n`` of the candidate slots, in eviction order. Then ``on_fill`` for every
+   ``evict(candidates, n, g, incoming)`` names ``n`` of the candidate slots, in eviction order (``incoming``:
+   every expert about to be filled; the last ``n`` take the evicted slots). Then ``on_fill`` for every
    demand load and ``on_use`` for every slot the COMPUTE reads.
 3. ``prefetch(g)``: the experts to fetch ahead, most wanted first, as :class:`Prefetch` (or None); each gets a
    victim from ``evict`` among slots that are neither in use nor protected, ``admit`` may refuse a trade (the
@@ -70,7 +71,10 @@ class Strategy:
         return None
 
     # --- eviction -----------------------------------------------------------------------------------------------
-    def evict(self, cand: np.ndarray, n: int, g: int) -> np.ndarray:
+    def evict(self, cand: np.ndarray, n: int, g: int, incoming: np.ndarray | None = None) -> np.ndarray:
+        """``n`` of the candidate slots to evict, in order. ``incoming``: every expert about to be filled, in
+        order; the first ``len(incoming) - n`` take free slots, the last ``n`` the evicted ones (ghost-list policies
+        such as ARC and S3-FIFO read it), or None."""
         raise NotImplementedError(f"{type(self).__name__} names no eviction order")
 
     def on_fill(self, slots: np.ndarray, gids: np.ndarray, g: int, targets: np.ndarray | None = None) -> None:
@@ -93,7 +97,7 @@ class Recency(Strategy):
         self.recent[slots] = np.arange(self.clock, self.clock + n)
         self.clock += n
 
-    def evict(self, cand, n, g):
+    def evict(self, cand, n, g, incoming=None):
         return smallest(self.recent, cand, n)
 
     def on_fill(self, slots, gids, g, targets=None):
@@ -112,7 +116,7 @@ class Frequency(Recency):
         self.count = np.zeros(ctx.C, np.int64)
         self.key = np.zeros(ctx.C, np.int64)
 
-    def evict(self, cand, n, g):
+    def evict(self, cand, n, g, incoming=None):
         return smallest(self.key, cand, n)
 
     def on_fill(self, slots, gids, g, targets=None):

@@ -77,7 +77,7 @@ class ExpertFlowPLEC(Recency):
         t[(glayer > layer) & self.pred[np.maximum(gids, 0)]] = 3
         return t
 
-    def evict(self, cand, n, g):
+    def evict(self, cand, n, g, incoming=None):
         return smallest_of((self.tier(cand, g) << 40) + self.recent[cand], cand, n)
 
     def admit(self, gids, targets, victims, g):

@@ -212,7 +212,7 @@ class IntelligentDedup(Strategy):
         _, theirs, _ = self.next_visit(np.maximum(vg, 0), g)
         return (vg < 0) | (mine > theirs)
 
-    def evict(self, cand, n, g):
+    def evict(self, cand, n, g, incoming=None):
         """Evict the largest expected time to next use."""
         if n <= 0 or cand.shape[0] == 0:
             return cand[:0]

@@ -39,7 +39,7 @@ class MoEInfinity(Recency):
         self.key = np.zeros(ctx.C, np.int64)
 
     # --- eviction: lowest visit count, ties by LRU ----------------------------------------------------------------
-    def evict(self, cand, n, g):
+    def evict(self, cand, n, g, incoming=None):
         return smallest(self.key, cand, n)
 
     def on_fill(self, slots, gids, g, targets=None):

@@ -44,6 +44,8 @@ class ARC(Strategy):
         self.c = np.array([int(m.sum()) for m in self.masks], np.int64)
         self.p = np.zeros(L)  # target size of T1, per layer
         self.lst = np.zeros(L * E, np.int8)  # which list each expert is in
+        self.size = np.zeros((L, 5), np.int64)  # per layer, the length of each list (index: _NONE .. _B2)
+        self.size[:, _NONE] = E
         self.stamp = np.zeros(L * E, np.int64)  # time it entered the MRU end of its list
         self.now = 0
         self.new_at = np.full(L * E, -1, np.int64)  # layer-step at which a miss inserted it
@@ -52,22 +54,28 @@ class ARC(Strategy):
         return self.masks[layer]
 
     def _to(self, gid: int, lst: int) -> None:
+        layer = gid // self.ctx.E
+        self.size[layer, self.lst[gid]] -= 1
+        self.size[layer, lst] += 1
         self.lst[gid] = lst
         self.now += 1
         self.stamp[gid] = self.now
 
+    def _drop(self, gid: int) -> None:
+        self._to(gid, _NONE)
+
     def _lru(self, layer: int, lst: int, allowed: np.ndarray | None = None) -> int:
-        """The LRU end of list ``lst`` of ``layer`` (restricted to ``allowed`` gids when given), or -1."""
+        """The LRU end of list ``lst`` of ``layer`` (restricted to the gids ``allowed`` marks), or -1."""
         E = self.ctx.E
-        ids = np.arange(layer * E, (layer + 1) * E)
-        ids = ids[self.lst[ids] == lst]
+        sl = slice(layer * E, (layer + 1) * E)
+        ok = self.lst[sl] == lst
         if allowed is not None:
-            ids = ids[np.isin(ids, allowed)]
-        return int(ids[np.argmin(self.stamp[ids])]) if ids.size else -1
+            ok &= allowed[sl]
+        ids = np.nonzero(ok)[0]
+        return int(layer * E + ids[np.argmin(self.stamp[sl][ids])]) if ids.size else -1
 
     def _count(self, layer: int, lst: int) -> int:
-        E = self.ctx.E
-        return int((self.lst[layer * E:(layer + 1) * E] == lst).sum())
+        return int(self.size[layer, lst])
 
     def _replace(self, layer: int, x: int, allowed: np.ndarray) -> int:
         t1 = self._count(layer, _T1)
@@ -99,17 +107,17 @@ class ARC(Strategy):
         t1, t2 = self._count(layer, _T1), self._count(layer, _T2)
         if t1 + b1 == c:
             if t1 < c:
-                self.lst[self._lru(layer, _B1)] = _NONE
+                self._drop(self._lru(layer, _B1))
                 if allowed is not None:
                     v = self._replace(layer, x, allowed)
             else:  # T1 fills the layer's share: its LRU end leaves without a ghost
                 v = self._lru(layer, _T1, allowed)
                 if v < 0:  # the whole of T1 is pinned: take T2's end
                     v = self._lru(layer, _T2, allowed)
-                self.lst[v] = _NONE
+                self._drop(v)
         elif t1 + t2 + b1 + b2 >= c:
             if t1 + t2 + b1 + b2 >= 2 * c:
-                self.lst[self._lru(layer, _B2)] = _NONE
+                self._drop(self._lru(layer, _B2))
             if allowed is not None:
                 v = self._replace(layer, x, allowed)
         self._to(x, _T1)
@@ -117,7 +125,8 @@ class ARC(Strategy):
 
     def evict(self, cand, n, g, incoming=None):
         cache = self.ctx.cache
-        allowed = cache.slot_gid[cand]
+        allowed = np.zeros(self.lst.shape[0], bool)  # the evictable experts
+        allowed[cache.slot_gid[cand]] = True
         k = incoming.shape[0] - n
         for x in incoming[:k].tolist():  # they take free slots, in order before the evictions
             self._request(x, None)
@@ -127,7 +136,7 @@ class ARC(Strategy):
             v = self._request(x, allowed)
             self.new_at[x] = g
             victims.append(v)
-            allowed = allowed[allowed != v]
+            allowed[v] = False
         return cache.where[np.array(victims, np.int64)]
 
     def on_fill(self, slots, gids, g, targets=None):

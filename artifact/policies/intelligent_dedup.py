@@ -1,220 +1,320 @@
-"""``intelligent_dedup``: our flagship, designed from what the routing traces show.
+"""``intelligent_dedup``: our flagship, redesigned on real decode routing.
 
-What the traces show (``python -m artifact trace inspect``), and what each fact asks of a cache:
+What real routing shows (``trace inspect`` on the three vendored decode traces, and the report's E8 and E9), and what
+each fact asks of a cache:
 
-1. Layers are visited in a fixed cycle. An expert of layer ``m`` is needed again only when layer ``m`` comes round,
-   ``((m - l - 1) mod L) + 1`` layer-steps after layer ``l``. Plain LRU keeps the layer that just ran (needed again
-   in ``L`` layer-steps) and evicts the layer coming next (needed in 1): exactly the wrong way round.
-2. Popularity is skewed per layer (the top 10% of experts take 27-71% of Switch's tokens), and a batch of ``B``
-   tokens touches expert ``e`` with probability ``1 - (1 - p_e)^B``: the same expert is worth more at batch 64 than
-   at batch 1.
-3. Within a sequence the next token rarely repeats its expert (1-10% for Switch), so recency says little; the
-   layer-wise frequency says much more.
-4. The router of layer ``l + 1`` applied to layer ``l``'s hidden state (the trace's ``lookahead``) names most of
-   layer ``l + 1``'s experts one layer ahead, and a token's expert at layer ``l`` says something about its expert at
-   layer ``l + 1`` (held-out transition accuracy 0.3-0.7 per layer on the calibrated workload).
+1. Consecutive tokens share 18-38% of their experts at a layer, and an expert's chance of serving the next token
+   rises with how often it has served so far and falls with how long ago it last did: neither recency (LRU) nor
+   frequency (LFU) alone ranks experts well; their ratio, uses per visit since, does (LFRU's idea, vLLM PR #37190).
+2. Layers are visited in a fixed cycle. An expert of layer ``m`` can be needed again only when layer ``m`` comes
+   round, ``d`` layer-steps from now (``1 <= d <= L``); keeping it ties its slot up for those ``d`` layer-steps.
+   A slot's value is its chance of a hit per layer-step held.
+3. The experts a token uses at layer ``l`` say much about the ones it uses at ``l + 1``: on the real traces, a
+   co-occurrence table learned online (token used ``a`` at ``l`` and ``b`` at ``l + 1``) ranks next-layer use with
+   held-out AUC 0.87-0.90, against 0.76 for recency alone. A trace's lookahead (the next router on this hidden
+   state), where it exists, names the next layer's experts more sharply still.
+4. Every load is a copy on one link: a wrong prefetch costs a whole copy, a right one only moves a copy earlier.
 
 Hence, with only what a real engine has (the past, the current layer's routing, the lookahead):
 
-- Dedup: each expert is loaded once per layer-step for the whole batch, whatever the protocol.
-- A per-token forecast of layer ``l + 1``: the lookahead's experts with its learned precision ``a``, and the rest of
-  the token's ``top_k`` mass spread by an online transition table (layer ``l``'s first choice to layer ``l + 1``'s
-  experts, smoothed towards the layer's popularity). The batch uses expert ``e`` with probability
-  ``P(e) = 1 - prod_t (1 - p_t(e))``: the demand counts across the batch, folded into one number.
-- Eviction by expected time to next use, ``d + (1 - f) L / q`` layer-steps: ``d`` is the cyclic distance to the
-  expert's layer, ``q = 1 - (1 - p)^B`` the probability that a visit of that layer uses it (``p``: the layer's
-  running frequency, a count with a uniform prior), and ``f`` the probability that the very next visit does: the
-  forecast ``P(e)`` for the next layer, ``q`` for the others. The largest expected time goes first: an estimate of
-  Belady's MIN.
-- Prefetch, while layer ``l`` runs, the experts of layer ``l + 1`` most likely first, each admitted only if it is
-  likelier to be used at its visit than its victim is at the victim's. How many: a prefetch pays only while the
-  link would otherwise idle. The copies that fit under layer ``l``'s compute (its expert FFNs, the next NON-MoE part
-  and the host's issue time, over one expert's copy time, all static figures of the target's hardware profile)
-  are prefetched if ``P(e) >= min_probability``; past that window a wrong guess costs a whole copy on a busy link,
-  so the bar rises with the share of the candidates' copy time the compute cannot hide,
-  ``1 - t_compute / (n t_copy)``, between ``min_probability`` and ``sure_probability``. On a link-bound machine this
-  stops the speculative copies that would push out the copies actually needed; where compute hides most copies,
-  it keeps the link busy with every likely expert.
+- Dedup: each expert is loaded once per layer-step for the whole batch, under both protocols.
+- Eviction, smallest value first: ``value = uses / (visits since last use)^beta / sqrt(d)`` where ``uses`` counts the
+  layer-steps that read the expert (kept across evictions: it is a property of the expert), ``visits since last
+  use`` counts its layer's visits since (1 right after a use), and ``d`` the layer-steps until its layer comes round.
+  Ties go to the least recently used slot. ``beta`` adapts online: two shadow rankings (recency-leaning
+  ``beta = 2`` and frequency-leaning ``beta = 1/2``) name, at every eviction, the expert they would have evicted;
+  when a later request finds an expert the cache evicted and a shadow would have kept, the shadow scores a point,
+  and when the cache keeps an expert a shadow would have evicted and it is not used before its next visit, the
+  shadow scores too (ghost lists, as ARC and LeCaR learn from the past); ``beta`` follows the shadow ahead by a
+  margin, back to 1 otherwise.
+- Next-layer forecast: while layer ``l`` runs, the probability each expert of layer ``l + 1`` is used: from the
+  lookahead (its precision learned online) when the trace has one, else from the learned co-occurrence of the
+  batch's layer-``l`` experts. Prefetch, most likely first, the experts whose forecast clears a bar, each only in
+  place of a victim less likely to be used at its own next visit (a calibration table, learned online, turns a
+  resident's value into that probability). How high the bar: copies that fit under this layer-step's compute (its
+  expert FFNs, the next NON-MoE part, the host's issue time, over one expert's copy time: static figures of the
+  target's hardware profile) cost no time, so inside that window the bar is ``min_probability``; past it a wrong
+  guess pushes out copies that are needed, and the bar rises to ``sure_probability``.
+
+Every decision compares integers (counts, layer-step distances, and values rounded to fixed point from correctly
+rounded operations), so the same plan comes out on every platform.
+
+Parameters were fixed on the development split (synthetic switch-base-128 seeds 0-2 and the Qwen3-30B-A3B trace),
+never on the test split; the report says which is which.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from artifact.core.select import smallest_of
+from artifact.core.select import smallest_lex
 from artifact.policies.base import Prefetch, Strategy
 from artifact.policies.registry import register
 
-_SCALE = 1000.0  # expected-use keys are compared as integers of 1/1000 layer-step
+_FIXED = float(1 << 40)  # values are compared as integers of 2^-40
+_BETAS = (0.0, 1.0, 2.0)  # frequency only, the default, recency-leaning
+_CAL_EDGES = 2.0 ** np.arange(-12, 9)  # calibration buckets of the value (log2 steps)
 
 
-@register("intelligent_dedup", "ours: dedup + expected-reuse eviction + admitted lookahead prefetch",
-          "this artifact (the seed's Intelligent+Deduplication, redesigned)", "lookahead, admitted",
-          "expected time to next use", order=150)
+def _pow(x: np.ndarray, beta: float) -> np.ndarray:
+    """``x ** beta`` for the betas used, from correctly rounded operations only (the same bits everywhere)."""
+    if beta == 0.0:
+        return np.ones_like(x)
+    if beta == 1.0:
+        return x
+    if beta == 2.0:
+        return x * x
+    raise ValueError(f"intelligent_dedup: beta must be one of {_BETAS}, got {beta}")
+
+
+@register("intelligent_dedup", "ours: reuse rate per slot-time, adaptive recency/frequency, learned next-layer "
+          "prefetch", "this artifact (the seed's Intelligent+Deduplication, redesigned on real routing)",
+          "lookahead or learned co-occurrence, admitted", "uses / visits since / sqrt(distance), adaptive",
+          order=150)
 class IntelligentDedup(Strategy):
     batch_aware = True
 
-    def __init__(self, ctx, prior: float = 1.0, min_probability: float = 0.25, smoothing: float = 4.0,
-                 use_lookahead: bool = True, use_transitions: bool = True, sure_probability: float = 0.95,
-                 hardware_window: bool = True) -> None:
+    def __init__(self, ctx, adaptive: bool = True, distance: bool = True, frequency: bool = True,
+                 prefetch: bool = True, cooccurrence: bool = True, lookahead: bool = True,
+                 hardware_window: bool = True, min_probability: float = 0.9, sure_probability: float = 0.95,
+                 margin: int = 2, beta: float = 1.0) -> None:
         super().__init__(ctx)
         L, E = ctx.L, ctx.E
-        if not 0.0 < min_probability <= 1.0:
-            raise ValueError(f"intelligent_dedup: min_probability must be in (0, 1], got {min_probability}")
-        self.counts = np.full((L, E), prior * ctx.K / E)  # routed tokens per expert (with a uniform prior)
-        self.tokens = np.full(L, prior)  # tokens seen per layer (with the prior's weight)
-        self.trans = np.zeros((L, E, E))  # [L, E, E]: layer l first choice -> layer l+1 experts (counts)
-        self.trans_n = np.zeros((L, E))
-        self.la_hit = 1.0  # lookahead precision: predicted-and-used / predicted (Beta(1, 1) prior)
-        self.la_n = 2.0
-        self.min_p = min_probability
-        self.smoothing = smoothing
-        self.use_lookahead = use_lookahead and ctx.has_lookahead
-        self.use_transitions = use_transitions
-        self.next_p = np.zeros(E)  # P(e used at the next layer-step), for the experts of that layer
-        self.next_layer = -1
-        self._pending: np.ndarray | None = None
-        self._prev_first: np.ndarray | None = None
-        self.batch_tokens = float(ctx.B)
-        self.sure_p = sure_probability
+        if not 0.0 < min_probability <= sure_probability <= 1.0:
+            raise ValueError(f"intelligent_dedup: need 0 < min_probability <= sure_probability <= 1, got "
+                             f"{min_probability}, {sure_probability}")
+        self.adaptive, self.distance, self.frequency = adaptive, distance, frequency
+        self.do_prefetch, self.cooccurrence = prefetch, cooccurrence
+        self.use_lookahead = lookahead and ctx.has_lookahead
         self.hardware_window = hardware_window
-        hw = getattr(ctx, "hardware", None)
-        self.hw = hw
-        self.t_copy = float(hw.copy_ms(ctx.model.expert_bytes)) if hw is not None else 0.0
-        host = hw.host_issue_us if hw is not None else {}
+        self.min_p, self.sure_p, self.margin = min_probability, sure_probability, margin
+        n = L * E
+        self.uses = np.zeros(n, np.int64)  # layer-steps that read each expert
+        self.last = np.full(n, -1, np.int64)  # step of its last read
+        self.recent = np.zeros(ctx.C, np.int64)  # LRU clock per slot (ties)
+        self.clock = 0
+        # Adaptive beta: one shadow demand-fetch cache per candidate beta, and their decayed miss counts.
+        if beta not in _BETAS:
+            raise ValueError(f"intelligent_dedup: beta must be one of {_BETAS}, got {beta}")
+        self.beta = beta
+        self.shadow_res = np.zeros((len(_BETAS), n), bool)
+        self.shadow_n = np.zeros(len(_BETAS), np.int64)
+        self._all = np.arange(n, dtype=np.int64)
+        self.shadow_miss = np.zeros(len(_BETAS), np.int64)
+        # Calibration: value bucket at a visit -> used at that visit (counts).
+        nb = _CAL_EDGES.shape[0] + 1
+        self.cal_hit = np.zeros(nb, np.int64)
+        self.cal_n = np.zeros(nb, np.int64)
+        # Next-layer forecast: co-occurrence counts and the lookahead's precision.
+        self.co = np.zeros((L, E, E), np.int64) if cooccurrence else None  # [l, a, b]: a at l and b at l+1
+        self.co_n = np.zeros((L, E), np.int64) if cooccurrence else None
+        self.la_hit, self.la_n = 1, 2  # Beta(1, 1) prior
+        self._la_pending: np.ndarray | None = None
+        self._prev: np.ndarray | None = None  # routing of the previous layer-step of this step [T, K]
+        self.next_p = np.zeros(E)  # forecast for the next layer's experts
+        self.next_layer = -1
+        hw = ctx.hardware
+        self.t_copy = float(hw.copy_ms(ctx.model.expert_bytes))
+        host = hw.host_issue_us
         fixed_us = host.get("nonmoe_us", 0.0) + host.get("compute_us", 0.0)
         self._host_ms = (fixed_us / 1e3, host.get("use_us", 0.0) / 1e3)
         self._compute_cache: dict = {}
 
+    # --- values ---------------------------------------------------------------------------------------------------
+    def _features(self, gids: np.ndarray, g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(uses, visits of its layer since its last read (>= 1), layer-steps until its layer comes round)."""
+        L = self.ctx.L
+        s, layer = divmod(g, L)
+        m = gids // self.ctx.E
+        visited = np.where(m <= layer, s, s - 1)  # last completed visit of the expert's layer
+        age = np.maximum(visited - self.last[gids], 0) + 1
+        d = ((m - layer - 1) % L) + 1
+        return self.uses[gids], age, d
+
+    def _value(self, uses, age, d, beta: float) -> np.ndarray:
+        v = (uses if self.frequency else np.ones_like(uses)).astype(np.float64) / _pow(age.astype(np.float64), beta)
+        if self.distance:
+            v = v / np.sqrt(d.astype(np.float64))
+        return v
+
+    def _key(self, v: np.ndarray) -> np.ndarray:
+        return np.rint(v * _FIXED).astype(np.int64)
+
+    def _calibrated(self, v: np.ndarray) -> np.ndarray:
+        """Probability of use at the next visit, learned online per bucket of the value without distance."""
+        b = np.searchsorted(_CAL_EDGES, v, side="right")
+        return (self.cal_hit[b] + 1) / (self.cal_n[b] + 2)
+
+    def _p_visit(self, gids: np.ndarray, g: int) -> np.ndarray:
+        """Calibrated probability that each expert is used at its next visit (from its value's bucket)."""
+        uses, age, _ = self._features(gids, g)
+        return self._calibrated(self._value(uses, age, np.ones_like(age), self.beta))
+
+    # --- observing the routing ------------------------------------------------------------------------------------
     def observe(self, g):
         ctx = self.ctx
-        layer = g % ctx.L
-        r = ctx.routing(g)  # [T, K]
-        self.batch_tokens = float(r.shape[0])
-        flat = r.reshape(-1)
-        self.counts[layer] += np.bincount(flat, minlength=ctx.E)
-        self.tokens[layer] += r.shape[0]
-        if layer > 0 and self._prev_first is not None and self._prev_first.shape[0] == r.shape[0]:
-            src = np.repeat(self._prev_first, r.shape[1])
-            E = ctx.E
-            self.trans[layer - 1] += np.bincount(src * E + flat, minlength=E * E).reshape(E, E)
-            self.trans_n[layer - 1] += np.bincount(self._prev_first, minlength=E) * r.shape[1]
-        self._prev_first = r[:, 0].astype(np.int64)
-        if self._pending is not None:
-            la, ok = self._pending
-            used = np.zeros(ctx.E, bool)
-            used[flat] = True
-            self.la_hit += float(used[la[ok]].sum())
-            self.la_n += float(ok.sum())
-            self._pending = None
-        self.next_layer = -1
-
-    def _forecast(self, g: int) -> np.ndarray:
-        """P(each expert of layer l + 1 is used at layer-step g + 1) ``[E]``."""
-        ctx = self.ctx
-        L, E, K = ctx.L, ctx.E, ctx.K
-        layer = g % L
-        nxt = layer + 1
-        pop = self.counts[nxt] / self.tokens[nxt]  # [E]: per-token probability (sums to K)
-        first = self._prev_first  # layer l first choices [T]
-        T = first.shape[0]
-        if self.use_transitions:
-            rows = self.trans[layer][first]  # [T, E]
-            n = self.trans_n[layer][first][:, None]
-            spread = (rows + self.smoothing * pop[None, :]) / (n + self.smoothing * K)  # [T, E], sums to K
-        else:
-            spread = np.broadcast_to(pop[None, :] / K * K, (T, E)).copy()
-        la = ctx.lookahead(g + 1) if self.use_lookahead else None
-        if la is not None and (la >= 0).any():
-            a = self.la_hit / self.la_n
-            ok = la >= 0  # [T, K]
-            named = np.zeros((T, E), bool)
-            rows_i = np.repeat(np.arange(T), K)[ok.reshape(-1)]
-            named[rows_i, la.reshape(-1)[ok.reshape(-1)]] = True
-            rest = np.where(named, 0.0, spread)
-            mass = rest.sum(axis=1, keepdims=True)
-            n_named = named.sum(axis=1, keepdims=True)
-            # The lookahead's experts get its precision; the rest of the token's k choices follow the spread.
-            p = np.where(named, a, rest * (K - a * n_named) / np.maximum(mass, 1e-12))
-            self._pending = (la.reshape(-1), ok.reshape(-1))
-        else:
-            p = spread
-        p = np.clip(p, 0.0, 1.0 - 1e-9)
-        return 1.0 - np.exp(np.log1p(-p).sum(axis=0))
-
-    def next_visit(self, gids: np.ndarray, g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(cyclic distance ``d`` to each expert's next visit, probability ``f`` that visit uses it, probability
-        ``q`` that a later visit does)."""
-        ctx = self.ctx
         L, E = ctx.L, ctx.E
-        gl = gids // E
-        d = ((gl - g % L - 1) % L) + 1
-        p = np.minimum(self.counts[gl, gids % E] / self.tokens[gl], 1.0)
-        q = np.maximum(1.0 - (1.0 - p) ** self.batch_tokens, 1e-9)
-        f = q
-        if self.next_layer >= 0:
-            nxt = gl == self.next_layer
-            if nxt.any():
-                f = np.where(nxt, self.next_p[gids % E], q)
-        return d, f, q
+        s, layer = divmod(g, L)
+        r = ctx.routing(g)  # [T, K]
+        uniq, _ = ctx.unique(g)
+        if self.do_prefetch:
+            # Calibration (for prefetch admission): the value each seen expert of this layer had at this visit, and
+            # whether it was used.
+            lay = np.arange(layer * E, (layer + 1) * E, dtype=np.int64)
+            seen = lay[self.uses[lay] > 0]
+            if seen.size:
+                used = np.zeros(E, bool)
+                used[uniq - layer * E] = True
+                used = used[seen - layer * E]
+                uses, age, _ = self._features(seen, g - 1 if layer else g)
+                b = np.searchsorted(_CAL_EDGES, self._value(uses, age, np.ones_like(age), self.beta), side="right")
+                self.cal_n += np.bincount(b, minlength=self.cal_n.shape[0])
+                self.cal_hit += np.bincount(b[used], minlength=self.cal_hit.shape[0])
+        if self._la_pending is not None:
+            la = self._la_pending
+            hit = np.zeros(E, bool)
+            hit[uniq - layer * E] = True
+            self.la_n += int(la.shape[0])
+            self.la_hit += int(hit[la].sum())
+            self._la_pending = None
+        if self.co is not None and not self.use_lookahead and layer > 0 and self._prev is not None \
+                and self._prev.shape[0] == r.shape[0]:
+            K0, K1 = self._prev.shape[1], r.shape[1]
+            a = np.repeat(self._prev.astype(np.int64), K1, axis=1).reshape(-1)
+            bb = np.tile(r.astype(np.int64), (1, K0)).reshape(-1)
+            self.co[layer - 1] += np.bincount(a * E + bb, minlength=E * E).reshape(E, E)
+            self.co_n[layer - 1] += np.bincount(self._prev.reshape(-1).astype(np.int64), minlength=E)
+        self._prev = r
+        if self.adaptive:
+            self._run_shadows(uniq, g)
+        self.uses[uniq] += 1
+        self.last[uniq] = s
+        # The forecast for the next layer, from what is known now: this layer-step's evictions and prefetches use it.
+        self.next_layer = -1
+        if layer + 1 < L and self.do_prefetch:
+            p = self._forecast(g)
+            if p is not None:
+                self.next_p, self.next_layer = p, layer + 1
 
-    def expected_next_use(self, gids: np.ndarray, g: int) -> np.ndarray:
-        """Expected layer-steps from ``g`` until each expert is next used (floats)."""
-        d, f, q = self.next_visit(gids, g)
-        # Used at the next visit (in d) with probability f; otherwise one more cycle of L, then geometric in q.
-        return d + (1.0 - f) * self.ctx.L / q
+    def _run_shadows(self, uniq: np.ndarray, g: int) -> None:
+        """Play this layer-step's requests through one demand-fetch cache per ``beta`` (the same slots, the same
+        values, only ``beta`` differs); count each one's misses, decayed by 1/8 every decode step, and follow the one
+        with the fewest (set dueling, Qureshi et al. ISCA'07, with whole shadow caches: the requests are cheap)."""
+        C = self.ctx.C
+        feats = None
+        for i, beta in enumerate(_BETAS):
+            res = self.shadow_res[i]
+            miss = uniq[~res[uniq]]
+            self.shadow_miss[i] += int(miss.shape[0])
+            need = int(self.shadow_n[i]) + miss.shape[0] - C
+            if need > 0:
+                if feats is None:  # one pass over every expert, shared by the shadows
+                    feats = self._features(self._all, g)
+                res[uniq] = False  # pinned while they are read: never a victim
+                cand = np.nonzero(res)[0]
+                res[uniq] = True
+                v = self._key(self._value(feats[0][cand], feats[1][cand], feats[2][cand], beta))
+                res[smallest_lex(cand, need, v, self.last[cand])] = False
+                self.shadow_n[i] -= need
+            res[miss] = True
+            self.shadow_n[i] += miss.shape[0]
+        if g % self.ctx.L == self.ctx.L - 1:
+            self.shadow_miss -= self.shadow_miss // 8
+        lead = int(np.argmin(self.shadow_miss))
+        cur = _BETAS.index(self.beta)
+        gap = self.shadow_miss[cur] - self.shadow_miss[lead]
+        if gap * 100 > self.shadow_miss[cur] * self.margin and gap >= self.ctx.K * self.ctx.L // 4:
+            self.beta = _BETAS[lead]
+
+    # --- eviction -------------------------------------------------------------------------------------------------
+    def evict(self, cand, n, g, incoming=None):
+        gids = self.ctx.cache.slot_gid[cand]
+        uses, age, d = self._features(gids, g)
+        return self._order(self._key(self._value(uses, age, d, self.beta)), cand, n)
+
+    def _order(self, key: np.ndarray, cand: np.ndarray, n: int) -> np.ndarray:
+        """The ``n`` smallest values; ties go to the least recently touched slot."""
+        return smallest_lex(cand, n, key, self.recent[cand])
+
+    def on_fill(self, slots, gids, g, targets=None):
+        self._touch(slots)
+
+    def on_use(self, slots, gids, g):
+        self._touch(slots)
+
+    def _touch(self, slots: np.ndarray) -> None:
+        k = slots.shape[0]
+        self.recent[slots] = np.arange(self.clock, self.clock + k)
+        self.clock += k
+
+    # --- prefetch -------------------------------------------------------------------------------------------------
+    def _forecast(self, g: int) -> np.ndarray | None:
+        """P(each expert of layer l + 1 is used at layer-step g + 1), ``[E]``, or None without a predictor."""
+        ctx = self.ctx
+        E = ctx.E
+        layer = g % ctx.L
+        if self.use_lookahead:
+            la = ctx.lookahead(g + 1)
+            if la is not None and (la >= 0).any():
+                named = np.unique(la[la >= 0].astype(np.int64))
+                self._la_pending = named
+                p = np.zeros(E)
+                p[named] = self.la_hit / self.la_n
+                return p
+        if self.co is None or self._prev is None:
+            return None
+        num = self.co[layer][self._prev.astype(np.int64)].sum(axis=1)  # [T, E]: integer co-occurrences
+        den = self.co_n[layer][self._prev.astype(np.int64)].sum(axis=1)  # [T]
+        if not (den > 0).any():
+            return None
+        # per token, P(b | a) averaged over its layer-l experts a, as one exact integer ratio; over the batch, the
+        # largest (a lower bound of the union, the same on every platform)
+        return (num / np.maximum(den, 1)[:, None]).max(axis=0)
 
     def prefetch(self, g):
         ctx = self.ctx
         layer = g % ctx.L
-        if layer + 1 >= ctx.L:
+        if not self.do_prefetch or self.next_layer != layer + 1:
             return None
-        P = self._forecast(g)
-        self.next_p = P
-        self.next_layer = layer + 1
-        cand = np.nonzero(P >= self.min_p)[0]
-        cand = cand[np.lexsort((cand, -P[cand]))]
-        if self.hardware_window and self.hw is not None and self.t_copy > 0 and cand.shape[0]:
-            # The copies that fit under this layer-step's compute cost nothing; past them, a copy is worth it only
-            # if it is likely enough: the more of the candidates' copy time the compute hides, the lower the bar.
-            t_c = self._compute_ms(g)
-            window = int(np.ceil(t_c / self.t_copy))
-            bar = float(np.clip(1.0 - t_c / (cand.shape[0] * self.t_copy), self.min_p, self.sure_p))
-            cand = np.concatenate([cand[:window], cand[window:][P[cand[window:]] >= bar]])
+        p = self.next_p
+        cand = np.nonzero(p >= self.min_p)[0]
+        if cand.shape[0] == 0:
+            return None
+        cand = cand[np.lexsort((cand, -self._key(p[cand])))]
+        if self.hardware_window and self.t_copy > 0:
+            window = int(np.ceil(self._compute_ms(g) / self.t_copy))
+            cand = np.concatenate([cand[:window], cand[window:][p[cand[window:]] >= self.sure_p]])
+        else:
+            cand = cand[p[cand] >= self.sure_p]
         gids = cand + (layer + 1) * ctx.E
         return Prefetch(gids, np.full(gids.shape[0], g + 1, np.int64), None)
+
+    def admit(self, gids, targets, victims, g):
+        """Worth its victim when the prefetched expert is likelier to be used at its visit than the victim at its
+        own next visit."""
+        vg = self.ctx.cache.slot_gid[victims]
+        mine = self.next_p[gids % self.ctx.E]
+        theirs = np.where(vg >= 0, self._p_visit(np.maximum(vg, 0), g), -1.0)
+        return self._key(mine) > self._key(theirs)
 
     def _compute_ms(self, g: int) -> float:
         """Compute-stream time of layer-step ``g`` (its COMPUTE, the next NON-MoE part, the host's issue time) from
         the hardware profile: the time the link would idle without prefetches."""
         ctx = self.ctx
         uniq, _ = ctx.unique(g)
-        key = (uniq.shape[0], self.batch_tokens)
+        tok = int(ctx.routing(g).shape[0])
+        key = (uniq.shape[0], tok)
         t = self._compute_cache.get(key)
         if t is None:
-            n, tok = key
+            n = key[0]
             name = ctx.model.name
+            hw = ctx.hardware
             try:
-                t = float(self.hw.compute_ms(name, np.array([n]), np.array([tok * ctx.K]))[0])
-                t += float(self.hw.nonmoe_ms(tok, name))
-                host_fixed, host_use = self._host_ms
-                t = max(t, host_fixed + host_use * n)
+                t = float(hw.compute_ms(name, np.array([n]), np.array([tok * ctx.K]))[0])
+                t += float(hw.nonmoe_ms(tok, name))
             except KeyError:  # no timings for this expert shape: no window, only near-certain prefetches
                 t = 0.0
+            host_fixed, host_use = self._host_ms
+            t = max(t, host_fixed + host_use * n)
             self._compute_cache[key] = t
         return t
-
-    def admit(self, gids, targets, victims, g):
-        """A prefetch for the next layer-step is worth its victim when it is likelier to be used at its visit
-        (the soonest any expert can be needed) than the victim is at the victim's next visit."""
-        _, mine, _ = self.next_visit(gids, g)
-        vg = self.ctx.cache.slot_gid[victims]
-        _, theirs, _ = self.next_visit(np.maximum(vg, 0), g)
-        return (vg < 0) | (mine > theirs)
-
-    def evict(self, cand, n, g, incoming=None):
-        """Evict the largest expected time to next use."""
-        if n <= 0 or cand.shape[0] == 0:
-            return cand[:0]
-        t = self.expected_next_use(self.ctx.cache.slot_gid[cand], g)
-        return smallest_of(-(t * _SCALE).astype(np.int64), cand, n)

@@ -80,7 +80,9 @@ class MoEInfinity(Recency):
             else:
                 self.match = None
         r = ctx.routing(g)  # [T, K]
-        np.add.at(self.eam, (np.repeat(self.items, r.shape[1]), layer * ctx.E + r.reshape(-1)), 1.0)
+        cols = layer * ctx.E + np.arange(ctx.E)
+        rows = np.repeat(self.items, r.shape[1]) * ctx.E + r.reshape(-1).astype(np.int64)  # item * E + expert
+        self.eam[:, cols] += np.bincount(rows, minlength=ctx.B * ctx.E).reshape(ctx.B, ctx.E).astype(np.float32)
 
     def prefetch(self, g):
         ctx = self.ctx

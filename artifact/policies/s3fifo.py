@@ -26,6 +26,22 @@ MOVE_TO_MAIN = 2  # libCacheSim S3FIFO default move-to-main-threshold
 SMALL_RATIO = 0.10  # libCacheSim S3FIFO default fifo-size-ratio
 
 
+class _Fifo:
+    """A FIFO of expert ids with lazy removal: entries whose ticket is stale are skipped and dropped."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[int, int]] = []
+        self.head = 0
+
+    def push(self, gid: int, ticket: int) -> None:
+        self.items.append((gid, ticket))
+
+    def compact(self) -> None:
+        if self.head > 1024 and self.head * 2 > len(self.items):
+            del self.items[:self.head]
+            self.head = 0
+
+
 @register("s3fifo", "S3-FIFO (SOSP'23): small, main and ghost FIFO queues", "Yang et al., SOSP'23; "
           "libCacheSim S3FIFO.c", "none", "S3-FIFO", order=110)
 class S3FIFO(Strategy):
@@ -36,38 +52,53 @@ class S3FIFO(Strategy):
         self.m_cap = ctx.C - self.s_cap
         self.g_cap = max(1, self.m_cap)
         self.q = np.zeros(n_gid, np.int8)  # which queue each expert is in
-        self.stamp = np.zeros(n_gid, np.int64)  # insertion time into its queue (FIFO order)
+        self.ticket = np.zeros(n_gid, np.int64)  # the ticket of its live queue entry
+        self.size = [0, 0, 0, 0]  # entries per queue (index: _NONE, _S, _M, _G)
+        self.fifo = {_S: _Fifo(), _M: _Fifo(), _G: _Fifo()}
         self.freq = np.zeros(n_gid, np.int64)
         self.now = 0
         self.new_at = np.full(n_gid, -1, np.int64)
 
     def _push(self, gid: int, q: int) -> None:
+        self.size[self.q[gid]] -= self.q[gid] != _NONE
         self.q[gid] = q
+        self.size[q] += 1
         self.now += 1
-        self.stamp[gid] = self.now
-        if q == _G:
-            ghosts = np.nonzero(self.q == _G)[0]
-            if ghosts.shape[0] > self.g_cap:
-                self.q[ghosts[np.argmin(self.stamp[ghosts])]] = _NONE
+        self.ticket[gid] = self.now
+        self.fifo[q].push(gid, self.now)
+        if q == _G and self.size[_G] > self.g_cap:
+            oldest = self._tail(_G, None)
+            self._remove(oldest)
 
-    def _fifo(self, q: int) -> np.ndarray:
-        ids = np.nonzero(self.q == q)[0]
-        return ids[np.argsort(self.stamp[ids], kind="stable")]  # tail (oldest) first
+    def _remove(self, gid: int) -> None:
+        self.size[self.q[gid]] -= 1
+        self.q[gid] = _NONE
+
+    def _live(self, q: int, gid: int, ticket: int) -> bool:
+        return self.q[gid] == q and self.ticket[gid] == ticket
+
+    def _tail(self, q: int, pinned: np.ndarray | None) -> int:
+        """The oldest live entry of queue ``q`` not pinned, or -1; stale entries at the head are dropped."""
+        f = self.fifo[q]
+        while f.head < len(f.items) and not self._live(q, *f.items[f.head]):
+            f.head += 1
+        f.compact()
+        for gid, ticket in f.items[f.head:]:
+            if self._live(q, gid, ticket) and (pinned is None or not pinned[gid]):
+                return gid
+        return -1
 
     def _evict_one(self, pinned: np.ndarray) -> int:
         """One eviction as libCacheSim's ``S3FIFO_evict``: from M when M is over its share or S is empty, else
         from S (pinned experts are skipped; a queue with none to offer yields to the other)."""
         for _ in range(8 * self.ctx.C + 8):  # each pass evicts, or moves or reinserts one expert: bounded
-            over = int((self.q == _M).sum()) > self.m_cap or not (self.q == _S).any()
-            order = (_M, _S) if over else (_S, _M)
-            for q in order:
-                tail = self._fifo(q)
-                tail = tail[~pinned[tail]]
-                if tail.shape[0]:
+            over = self.size[_M] > self.m_cap or self.size[_S] == 0
+            for q in ((_M, _S) if over else (_S, _M)):
+                x = self._tail(q, pinned)
+                if x >= 0:
                     break
             else:
                 raise RuntimeError("s3fifo: every resident expert is pinned")
-            x = int(tail[0])
             if q == _S:
                 if self.freq[x] >= MOVE_TO_MAIN:
                     self.freq[x] = 0
@@ -79,7 +110,7 @@ class S3FIFO(Strategy):
                 self.freq[x] = min(int(self.freq[x]), 3) - 1
                 self._push(x, _M)
                 continue
-            self.q[x] = _NONE
+            self._remove(x)
             return x
         raise RuntimeError("s3fifo: eviction did not converge")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-_INFRASTRUCTURE = {"base", "registry"}
+_INFRASTRUCTURE = {"base", "registry", "numeric"}
 
 for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     if _mod not in _INFRASTRUCTURE:

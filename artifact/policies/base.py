@@ -151,10 +151,12 @@ def ranked(experts: np.ndarray, items: np.ndarray, layer: int, E: int) -> tuple[
 
 
 def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of each row's ``k`` largest scores ``[T, k]`` (order within the k unspecified)."""
+    """Indices of each row's ``k`` largest integer scores ``[T, k]``, ties to the lower index (platform-exact)."""
     if k >= scores.shape[1]:
         return np.tile(np.arange(scores.shape[1]), (scores.shape[0], 1))
-    return np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    if scores.dtype.kind == "f":
+        raise TypeError("top_k_rows: scores must be integers (fixed point) so every platform picks the same")
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
 
 def empty_prefetch() -> Prefetch:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from artifact.core.select import smallest_of
+from artifact.policies import numeric
 from artifact.policies.base import Prefetch, Recency, ranked
 from artifact.policies.registry import register
 
@@ -46,7 +47,7 @@ class ExpertFlowPLEC(Recency):
         items, _ = ctx.step_meta(s)
         per_layer = [ranked(path[:, m, :], items, m, ctx.E) for m in range(ctx.L)]
         demand = np.array([p[0].shape[0] for p in per_layer], float)
-        share = demand / demand.sum() * ctx.C
+        share = demand / numeric.total(demand) * ctx.C  # integer total: exact; then elementwise, correctly rounded
         quota = np.floor(share).astype(np.int64)
         rest = ctx.C - quota.sum()
         quota[np.argsort(-(share - quota), kind="stable")[:rest]] += 1

@@ -48,6 +48,7 @@ from __future__ import annotations
 import numpy as np
 
 from artifact.core.select import smallest_lex
+from artifact.policies import numeric
 from artifact.policies.base import Prefetch, Strategy
 from artifact.policies.registry import register
 
@@ -263,8 +264,8 @@ class IntelligentDedup(Strategy):
                 return p
         if self.co is None or self._prev is None:
             return None
-        num = self.co[layer][self._prev.astype(np.int64)].sum(axis=1)  # [T, E]: integer co-occurrences
-        den = self.co_n[layer][self._prev.astype(np.int64)].sum(axis=1)  # [T]
+        num = numeric.total(self.co[layer][self._prev.astype(np.int64)], axis=1)  # [T, E]: integer co-occurrences
+        den = numeric.total(self.co_n[layer][self._prev.astype(np.int64)], axis=1)  # [T]
         if not (den > 0).any():
             return None
         # per token, P(b | a) averaged over its layer-l experts a, as one exact integer ratio; over the batch, the

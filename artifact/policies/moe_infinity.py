@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from artifact.core.select import smallest
+from artifact.policies import numeric
 from artifact.policies.base import Prefetch, Recency, ranked, top_k_rows
 from artifact.policies.registry import register
 
@@ -28,10 +29,11 @@ class MoEInfinity(Recency):
         self.horizon = horizon
         self.decay = decay
         d = ctx.L * ctx.E
-        self.lib = np.zeros((library, d), np.float32)  # finished requests' EAMs, L2-normalised
+        self.lib = np.zeros((library, d), np.int64)  # finished requests' EAMs (counts)
+        self.lib_norm = np.ones(library)  # their L2 norms
         self.lib_n = 0
         # Live requests' EAMs: one row per batch slot (a slot serves one request at a time).
-        self.eam = np.zeros((ctx.B, d), np.float32)
+        self.eam = np.zeros((ctx.B, d), np.int64)
         self.slot_seq = np.full(ctx.B, -1, np.int64)
         self.match: np.ndarray | None = None  # [T, L, E] matched EAM of each token of the step
         self.items = None
@@ -55,11 +57,13 @@ class MoEInfinity(Recency):
     def _retire(self, slots: np.ndarray) -> None:
         for j in slots.tolist():
             v = self.eam[j]
-            n = float(np.linalg.norm(v))
-            if n > 0:
-                self.lib[self.lib_n % self.n_lib] = v / n
+            sq = int(numeric.total(v * v))  # an integer: exact in any order
+            if sq > 0:
+                k = self.lib_n % self.n_lib
+                self.lib[k] = v
+                self.lib_norm[k] = np.sqrt(float(sq))
                 self.lib_n += 1
-            self.eam[j] = 0.0
+            self.eam[j] = 0
 
     def observe(self, g):
         ctx = self.ctx
@@ -75,14 +79,15 @@ class MoEInfinity(Recency):
             n = min(self.lib_n, self.n_lib)
             if n:
                 cur = self.eam[items]  # [T, L*E]
-                best = np.argmax(cur @ self.lib[:n].T, axis=1)  # cosine: library rows are unit, ranking per row
+                # cosine up to the request's own norm (the same for every entry): integer dot / the entry's norm
+                best = np.argmax(numeric.matmul(cur, self.lib[:n].T) / self.lib_norm[:n], axis=1)
                 self.match = self.lib[best].reshape(-1, ctx.L, ctx.E)
             else:
                 self.match = None
         r = ctx.routing(g)  # [T, K]
         cols = layer * ctx.E + np.arange(ctx.E)
         rows = np.repeat(self.items, r.shape[1]) * ctx.E + r.reshape(-1).astype(np.int64)  # item * E + expert
-        self.eam[:, cols] += np.bincount(rows, minlength=ctx.B * ctx.E).reshape(ctx.B, ctx.E).astype(np.float32)
+        self.eam[:, cols] += np.bincount(rows, minlength=ctx.B * ctx.E).reshape(ctx.B, ctx.E)
 
     def prefetch(self, g):
         ctx = self.ctx

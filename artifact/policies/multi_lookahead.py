@@ -3,12 +3,16 @@
 An online table of cross-layer transitions (layer ``l`` expert -> layer ``l + 1`` experts, counted over past
 tokens) is chained ``depth`` layers ahead from each token's current experts; each token's top-k per predicted layer
 are unioned over the batch and fetched nearest layer first, most requested first. The seed gives no depth: 2. LRU.
+
+Platform-exact: transition probabilities are held in fixed point (2^-20) and chained by an integer matrix product,
+so the chosen experts are the same on every platform (ties: the lower expert id).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from artifact.policies import numeric
 from artifact.policies.base import Prefetch, Recency, ranked, top_k_rows
 from artifact.policies.registry import register
 
@@ -19,8 +23,8 @@ class MultiLookAhead(Recency):
     def __init__(self, ctx, depth: int = 2) -> None:
         super().__init__(ctx)
         self.depth = depth
-        self.trans = np.zeros((ctx.L, ctx.E, ctx.E), np.float64)  # [L, E, E]: l -> l+1 counts
-        self.norm = np.zeros_like(self.trans)  # row-normalised, refreshed lazily (once per layer per step)
+        self.trans = np.zeros((ctx.L, ctx.E, ctx.E), np.int64)  # [L, E, E]: l -> l+1 counts
+        self.norm = np.zeros_like(self.trans)  # row-normalised in fixed point, refreshed lazily (once per layer-step)
         self.dirty = np.zeros(ctx.L, bool)
         self._prev: np.ndarray | None = None
 
@@ -36,10 +40,11 @@ class MultiLookAhead(Recency):
         self._prev = cur
 
     def _normalised(self, m: int) -> np.ndarray:
+        """Row-normalised transitions of layer ``m`` in fixed point (int64 of 2^-20): exact, one division each."""
         if self.dirty[m]:
             t = self.trans[m]
-            rows = t.sum(axis=1, keepdims=True)
-            np.divide(t, rows, out=self.norm[m], where=rows > 0)
+            rows = numeric.total(t, axis=1, keepdims=True)  # integers: exact in any order
+            self.norm[m] = np.where(rows > 0, numeric.fixed(t / np.maximum(rows, 1)), 0)
             self.dirty[m] = False
         return self.norm[m]
 
@@ -52,8 +57,9 @@ class MultiLookAhead(Recency):
         dist = None
         for m in range(layer + 1, min(layer + 1 + self.depth, ctx.L)):
             tn = self._normalised(m - 1)
-            # [T, E]: each token's predicted distribution over layer m's experts (the first hop is a row lookup)
-            dist = tn[cur[:, 0]] if dist is None else dist @ tn
+            # [T, E]: each token's predicted distribution over layer m's experts (the first hop is a row lookup; the
+            # second an integer product, rescaled to 2^-20 so the chain keeps one fixed-point scale)
+            dist = tn[cur[:, 0]] if dist is None else numeric.matmul(dist, tn) >> numeric.FIXED_BITS
             if not dist.any():
                 break
             top = top_k_rows(dist, ctx.K)

@@ -1,4 +1,4 @@
-"""The experiment grids of the design (E1 to E7), declared as data.
+"""The experiment grids of the design (E1 to E9 and the flagship's ablation), declared as data.
 
 - ``sim`` (E1, E2, E3, E4, E6): switch-base-128 on the calibrated synthetic workload, every strategy, batch 1 to 64,
   four cache sizes, three seeds, 256 decode steps, protocol ``batched``; plus ``per_item`` (the seed report's
@@ -7,6 +7,9 @@
 - ``engine`` (E5): the same plans executed on the GPU engine (every strategy, batch 1 to 64, the default cache,
   seed 0), fewer steps, three timed repeats after a warm-up; each row carries the simulator's figure beside.
 - ``models`` (E7): the other presets, every strategy, batch 1 / 8 / 64, a cache of 1/8 of their experts. Simulator.
+- ``real`` (E8): every strategy on every vendored real decode trace, batch 1, caches of 5-40% of routed experts.
+- ``sensitivity`` (E9): switch-base-128 with the generator's temporal locality and adjacent-layer coupling swept.
+- ``ablation``: the flagship with each component off in turn, on the synthetic workload and every real trace.
 - ``cpu_engine``: without CUDA, a small engine check on the CPU (a scaled-down Switch expert shape, the same
   routing), so a CPU-only reproduction still executes real plans; each row carries the simulator's decision counts
   for the same configuration beside the engine's.
@@ -55,11 +58,15 @@ class Point:
     engine_model: ModelSpec | None = field(default=None, compare=False)
     # The decode step whose timeline the runner saves (raw/timelines.json); None: none (almost every point).
     timeline_step: int | None = field(default=None, compare=False)
+    # A named variant of the strategy (the ablation grid: one component off) and its parameters.
+    variant: str = ""
+    params: tuple[tuple[str, object], ...] = ()
 
     @property
     def point_id(self) -> str:
+        v = f"[{self.variant}]" if self.variant else ""
         return (f"{self.model}|{self.workload.label}|B{self.batch}|C{self.cache_experts}|{self.protocol}|"
-                f"{self.strategy}|S{self.steps}|{self.executor}")
+                f"{self.strategy}{v}|S{self.steps}|{self.executor}")
 
     @property
     def task_key(self) -> tuple:
@@ -143,4 +150,102 @@ def cpu_engine_grid(quick: bool = False) -> Grid:
     return Grid("cpu_engine", ("E5",), tuple(pts), "CPU engine check (scaled-down expert shape)")
 
 
-GRIDS = {"sim": sim_grid, "engine": engine_grid, "models": models_grid, "cpu_engine": cpu_engine_grid}
+# --- real traces, sensitivity, ablation -------------------------------------------------------------------------
+
+REAL_FRACTIONS = (0.05, 0.10, 0.20, 0.40)  # cache sizes of E8, as fractions of the routed experts
+# E9: the generator's temporal locality over 0 to 0.4 and its adjacent-layer coupling (the probability a token keeps
+# its popularity quantile from one layer to the next) over values whose measured adjacent-layer predictability spans
+# the real traces' 0.21-0.33 up to the synthetic default's ~0.58 (the report prints the measured figure of each).
+SENSITIVITY_LOCALITY = (0.0, 0.1, 0.2, 0.3, 0.4)
+SENSITIVITY_COUPLING = (0.0, 0.5, 0.85)
+SENSITIVITY_BATCHES = (1, 8, 64)
+SENSITIVITY_STEPS = 128
+# The ablation: the flagship with each component switched off in turn (variant name -> parameters).
+ABLATION = {
+    "": (),
+    "no_adaptive": (("adaptive", False),),
+    "no_distance": (("distance", False),),
+    "no_frequency": (("frequency", False),),
+    "no_prefetch": (("prefetch", False),),
+    "no_cooccurrence": (("cooccurrence", False),),
+    "no_lookahead": (("lookahead", False),),
+    "no_hardware_window": (("hardware_window", False),),
+}
+FLAGSHIP = "intelligent_dedup"
+
+
+def real_traces() -> list[tuple[str, str, int]]:
+    """(vendored trace, its model preset, decode tokens) of every vendored real trace."""
+    from artifact.traces.trace import DECODE
+    from artifact.traces.vendored import load, names
+
+    out = []
+    for name in names():
+        tr = load(name)
+        dec = int((tr.phase == DECODE).sum()) if tr.phase is not None else tr.num_tokens
+        out.append((f"vendored:{name}", str(tr.meta["model"]), dec))
+    return out
+
+
+def _real_caches(model: str, layers: int) -> list[int]:
+    experts = PRESETS[model].experts
+    return [max(PRESETS[model].top_k, round(f * layers * experts)) for f in REAL_FRACTIONS]
+
+
+def real_grid(quick: bool = False) -> Grid:
+    """E8: every strategy on every vendored real decode trace, batch 1 (one prompt each: batches cannot be formed
+    honestly from them), caches of 5-40% of the routed experts; a strategy that needs a lookahead the trace lacks is
+    a recorded refusal."""
+    pts = []
+    for trace, model, tokens in real_traces():
+        ws = WorkloadSpec(model, trace)
+        caches = _real_caches(model, PRESETS[model].moe_layers)
+        for cache in (caches[1:2] if quick else caches):
+            for s in _strategies():
+                pts.append(Point("real", model, ws, 1, cache, "batched", s, min(tokens, 32) if quick else tokens))
+    return Grid("real", ("E8",), tuple(pts), "vendored real decode traces, batch 1, simulator")
+
+
+SENSITIVITY_STRATEGIES = ("on_demand", "pregated_proxy", "mixtral_offloading", "moe_infinity", "lfu", "lfru", "arc",
+                          "s3fifo", FLAGSHIP, "belady", "oracle")
+
+
+def sensitivity_grid(quick: bool = False) -> Grid:
+    """E9: switch-base-128's synthetic workload (seed 0, cache 128) with the generator's temporal locality and
+    adjacent-layer coupling swept, batch 1, 8 and 64: which strategy wins where."""
+    pts = []
+    locs = SENSITIVITY_LOCALITY[::2] if quick else SENSITIVITY_LOCALITY
+    coups = SENSITIVITY_COUPLING[:2] if quick else SENSITIVITY_COUPLING
+    for loc in locs:
+        for coup in coups:
+            ws = WorkloadSpec(DEFAULT_MODEL, None, DEFAULT_SEQUENCES, DEFAULT_TOKENS, 0,
+                              (("locality", loc), ("cross_layer", coup)))
+            for b in (SENSITIVITY_BATCHES[:2] if quick else SENSITIVITY_BATCHES):
+                for s in SENSITIVITY_STRATEGIES:
+                    pts.append(Point("sensitivity", DEFAULT_MODEL, ws, b, DEFAULT_CACHE, "batched", s,
+                                     32 if quick else SENSITIVITY_STEPS))
+    return Grid("sensitivity", ("E9",), tuple(pts), "switch-base-128 synthetic, locality x coupling swept")
+
+
+def ablation_grid(quick: bool = False) -> Grid:
+    """The flagship with each component switched off in turn, on every workload of the grids: switch-base-128's
+    synthetic workload (seed 0, cache 128, batch 1 / 8 / 64) and every vendored real trace (batch 1, caches of
+    5-40%)."""
+    pts = []
+    ws = WorkloadSpec(DEFAULT_MODEL, None, DEFAULT_SEQUENCES, DEFAULT_TOKENS, 0)
+    for b in ((1, 8) if quick else (1, 8, 64)):
+        for v, params in ABLATION.items():
+            pts.append(Point("ablation", DEFAULT_MODEL, ws, b, DEFAULT_CACHE, "batched", FLAGSHIP,
+                             32 if quick else SIM_STEPS, variant=v, params=params))
+    for trace, model, tokens in real_traces():
+        wr = WorkloadSpec(model, trace)
+        caches = _real_caches(model, PRESETS[model].moe_layers)
+        for cache in (caches[1:2] if quick else caches):
+            for v, params in ABLATION.items():
+                pts.append(Point("ablation", model, wr, 1, cache, "batched", FLAGSHIP,
+                                 min(tokens, 32) if quick else tokens, variant=v, params=params))
+    return Grid("ablation", ("ablation",), tuple(pts), "the flagship with one component off, every workload")
+
+
+GRIDS = {"sim": sim_grid, "engine": engine_grid, "models": models_grid, "cpu_engine": cpu_engine_grid,
+         "real": real_grid, "sensitivity": sensitivity_grid, "ablation": ablation_grid}

@@ -15,6 +15,7 @@ CONFIG_FIELDS = [
     "cache_fraction",  # cache_experts / all routed experts
     "protocol",  # batched | per_item
     "strategy",
+    "variant",  # ablation rows: the component switched off (e.g. "no_adaptive"); empty for the strategy as registered
     "steps",  # decode steps
     "layers",  # MoE layers per step
     "executor",  # simulator | engine
@@ -37,6 +38,7 @@ TIME_FIELDS = [
     "copy_busy_ms", "compute_busy_ms", "tokens_per_s",
     "sim_latency_ms_per_step",  # engine rows: the simulator's figure for the same plan
     "peak_device_bytes",  # engine rows
+    "engine_mode",  # engine rows: graph (the plan captured once as a CUDA graph, replayed per repeat) | eager
     "oracle_source",  # oracle rows: which construction was fastest
     "note",  # why a run has no numbers (a configuration that cannot run), else empty
 ]

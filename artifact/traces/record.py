@@ -5,11 +5,14 @@ Families (module layout as in transformers 5.24):
 - Switch Transformers (encoder-decoder): routers ``decoder.block.{i}.layer.2.mlp.router``
   (``SwitchTransformersTop1Router``; raw logits are its output 2), top-1, gate = the softmax probability of the
   chosen expert (what HF scales the expert output by; no renormalisation).
-- Mixtral, OLMoE, Qwen2-MoE (decoder-only): routers ``model.layers.{i}.mlp.gate`` (``...TopKRouter``, a bare
-  ``weight [E, d_model]``; raw logits are its output 0), top-k = ``router.top_k``. Mixtral always renormalises the
-  top-k gates; OLMoE and Qwen2-MoE do so when ``router.norm_topk_prob`` is set. Qwen2-MoE's shared expert is not
-  routed and is ignored; its dense layers (``mlp_only_layers``, ``decoder_sparse_step``) have no router and are
-  skipped, so trace layer ``l`` is the ``l``-th *MoE* layer.
+- Mixtral, OLMoE, Qwen2-MoE, Qwen3-MoE (decoder-only): routers ``model.layers.{i}.mlp.gate`` (``...TopKRouter``, a
+  bare ``weight [E, d_model]``; raw logits are its output 0), top-k = ``router.top_k``. Mixtral always renormalises
+  the top-k gates; OLMoE and the Qwen MoE models do so when ``router.norm_topk_prob`` is set. Qwen2-MoE's shared
+  expert is not routed and is ignored; dense layers (``mlp_only_layers``, ``decoder_sparse_step``) have no router
+  and are skipped, so trace layer ``l`` is the ``l``-th *MoE* layer.
+- gpt-oss (decoder-only): routers ``model.layers.{i}.mlp.router`` (``GptOssTopKRouter``: ``weight [E, d_model]``
+  and a ``bias [E]``); it takes the top-k of the logits and a softmax over those k, which is the top-k of the softmax
+  over all experts renormalised to sum 1: what is recorded.
 
 What is recorded, per sequence (one prompt = one sequence, generated alone at batch size 1, so no padding):
 
@@ -71,6 +74,8 @@ FAMILIES: dict[str, Family] = {
     "mixtral": Family("mixtral", "MixtralTopKRouter", 0, False, "intermediate_size", True),
     "olmoe": Family("olmoe", "OlmoeTopKRouter", 0, False, "intermediate_size", None),
     "qwen2_moe": Family("qwen2_moe", "Qwen2MoeTopKRouter", 0, False, "moe_intermediate_size", None),
+    "qwen3_moe": Family("qwen3_moe", "Qwen3MoeTopKRouter", 0, False, "moe_intermediate_size", None),
+    "gpt_oss": Family("gpt_oss", "GptOssTopKRouter", 0, False, "intermediate_size", True),
 }
 
 
@@ -91,29 +96,44 @@ class RouterSite:
     module: torch.nn.Module
     top_k: int
     renormalise: bool
+    encoder: bool = False  # a router of an encoder-decoder model's encoder (runs once per prompt, not per step)
+
+    @property
+    def block_path(self) -> str:
+        """Path of the MoE block that holds this router and its experts (``....mlp``)."""
+        return self.path.rsplit(".", 1)[0]
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Raw logits of this router on ``x [N, D]``, computed the way its own forward does (without calling it,
-        so no hook fires). Switch casts to the router dtype (float32); the TopK routers use the weight's dtype."""
+        so no hook fires). Switch casts to the router dtype (float32); the TopK routers use the weight's dtype (and
+        gpt-oss's bias)."""
         r = self.module
         if hasattr(r, "classifier"):
             w, b = r.classifier.weight, r.classifier.bias
             return F.linear(x.to(r.dtype), w.to(r.dtype), None if b is None else b.to(r.dtype))
-        return F.linear(x, r.weight)
+        b = getattr(r, "bias", None)
+        return F.linear(x, r.weight, b if isinstance(b, torch.Tensor) else None)
+
+    def choose(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(gates, expert ids)`` ``[N, K]`` this router would pick on ``x [N, D]`` (see :func:`top_k_choice`):
+        the lookahead when ``x`` is the previous MoE layer's router input."""
+        return top_k_choice(self.logits(x), self.top_k, self.renormalise)
 
 
-def router_sites(model: torch.nn.Module) -> tuple[Family, list[RouterSite]]:
-    """The recorded routers of ``model``, in layer order."""
+def router_sites(model: torch.nn.Module, encoder: bool = False) -> tuple[Family, list[RouterSite]]:
+    """The recorded routers of ``model``, in layer order (an encoder-decoder model's decoder routers: what runs per
+    decoding step); ``encoder=True`` appends the encoder's routers after them (``RouterSite.encoder``)."""
     fam = family_of(model)
-    sites = []
+    sites, enc = [], []
     for path, mod in model.named_modules():
         if type(mod).__name__ != fam.router_class:
             continue
-        if fam.encoder_decoder and "decoder" not in path.split("."):
+        is_encoder = fam.encoder_decoder and "decoder" not in path.split(".")
+        if is_encoder and not encoder:
             continue
         top_k = int(getattr(mod, "top_k", 1))  # Switch's router is top-1 and has no top_k attribute
         renorm = fam.renormalise if fam.renormalise is not None else bool(mod.norm_topk_prob)
-        sites.append(RouterSite(path, mod, top_k, renorm))
+        (enc if is_encoder else sites).append(RouterSite(path, mod, top_k, renorm, is_encoder))
     if not sites:
         raise ValueError(f"model {type(model).__name__}: no {fam.router_class} modules"
                          f"{' in the decoder' if fam.encoder_decoder else ''}; the recorder follows the module "
@@ -123,10 +143,12 @@ def router_sites(model: torch.nn.Module) -> tuple[Family, list[RouterSite]]:
     if len(experts) != 1 or len(ks) != 1:
         raise ValueError(f"model {type(model).__name__}: MoE layers differ in experts {sorted(experts)} or top-k "
                          f"{sorted(ks)}; one trace needs the same [layers, top_k] for every layer")
-    return fam, sites
+    return fam, sites + enc
 
 
-def _top_k(logits: torch.Tensor, k: int, renormalise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def top_k_choice(logits: torch.Tensor, k: int, renormalise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(gates, ids)`` ``[N, k]``: the top-k of ``softmax(logits)`` in float32, in router order, gates
+    renormalised to sum 1 when ``renormalise``. What the recorder records and where the lookahead comes from."""
     probs = torch.softmax(logits.float(), dim=-1)  # [N, E], float32 whatever the model dtype
     vals, ids = torch.topk(probs, k, dim=-1)  # [N, K], descending: router order
     if renormalise:
@@ -163,11 +185,11 @@ class RouterHooks:
             x = args[0] if args else kwargs["hidden_states"]
             x = x.reshape(-1, x.shape[-1])  # [N, D]: Switch passes [B, S, D], TopK routers [B * S, D]
             logits = output[self.family.logits_index].reshape(x.shape[0], -1)  # [N, E]
-            vals, ids = _top_k(logits, site.top_k, site.renormalise)
+            vals, ids = top_k_choice(logits, site.top_k, site.renormalise)
             self._ids[layer].append(ids.cpu())
             self._gates[layer].append(vals.cpu())
             if nxt is not None:
-                _, ahead = _top_k(nxt.logits(x), nxt.top_k, nxt.renormalise)
+                _, ahead = nxt.choose(x)
                 self._ahead[layer + 1].append(ahead.cpu())
 
         return hook

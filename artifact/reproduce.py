@@ -1,8 +1,10 @@
 """``python -m artifact reproduce``: the artifact's main job, from a fresh clone to a report.
 
 With a CUDA GPU: calibrate the machine (``hardware/<gpu>.json``), run the GPU checks (``raw/gpu_checks.json``),
-execute the E5 grid on the engine (``raw/engine.csv``), simulate the E1-E4/E6 grid (``raw/sim.csv``) and E7
-(``raw/models.csv``) on the calibrated profile, and build ``REPORT.md`` with its figures.
+execute the E5 grid on the engine (``raw/engine.csv``), simulate the E1-E4/E6 grid (``raw/sim.csv``), E7
+(``raw/models.csv``), E8 (``raw/real.csv``), E9 (``raw/sensitivity.csv``) and the flagship's ablation
+(``raw/ablation.csv``) on the calibrated profile, measure the routing statistics (``raw/routing_stats.json``), and build
+``REPORT.md`` with its figures.
 
 Without CUDA: the simulator grids on the committed calibrated profile (``results/hardware/h200.json``), a small
 engine check on the CPU (``raw/cpu_engine.csv``), and the report,
@@ -71,6 +73,17 @@ def reproduce(out: str | Path = "out/reproduce", quick: bool = False, device: st
     run_grid(grids.sim_grid(quick), raw, profile, jobs=jobs)
     _stage("E7: other model presets", t0)
     run_grid(grids.models_grid(quick), raw, profile, jobs=jobs)
+    _stage("E8: every strategy on the vendored real decode traces", t0)
+    run_grid(grids.real_grid(quick), raw, profile, jobs=jobs)
+    _stage("E9: sensitivity to temporal locality and adjacent-layer coupling", t0)
+    run_grid(grids.sensitivity_grid(quick), raw, profile, jobs=jobs)
+    _stage("the flagship's ablation", t0)
+    run_grid(grids.ablation_grid(quick), raw, profile, jobs=jobs)
+    if not (raw / "routing_stats.json").is_file():
+        _stage("routing statistics: real traces against the synthetic presets", t0)
+        from artifact.experiments.routing import write as write_routing
+
+        write_routing(raw)
     _stage("building the report", t0)
     from artifact.report.build import build_report
 

@@ -8,8 +8,11 @@ step's timeline, the simulator's counts beside the CPU engine's) the runner save
 formatted by fixed rules (see ``tables.fmt_*``).
 
 The modules, bottom up: ``load`` (reading and typing the files), ``metrics`` (derived quantities over rows),
-``tables`` (formatting and the Markdown tables), ``claims`` (the seed's claims and the verdict rules), ``figures``,
-and this one (assembling REPORT.md).
+``tables`` (formatting and the Markdown tables), ``claims`` (the seed's claims and the verdict rules), ``figures``
+(one colour and marker per strategy), ``flagship`` (the development / test split, the flagship's targets and its
+ablation), ``real`` (E8 and the routing statistics), ``sensitivity`` (E9, and the verdicts across its range),
+``e10`` (real ``transformers`` models offloaded), ``sections`` (the Markdown of those sections), and this one
+(assembling REPORT.md).
 
 ``python -m artifact.report.build --results results`` (or ``python -m artifact report``).
 """
@@ -30,7 +33,10 @@ from artifact.report import claims as C
 from artifact.report import figures as F
 from artifact.report import load as L
 from artifact.report import metrics as M
+from artifact.report import sections as X
 from artifact.report import tables as T
+from artifact.report.e10 import load_e10
+from artifact.report.load import E10_FILE
 
 ENV_COLUMNS = ["gpu", "driver", "torch", "cuda", "package_version", "git_commit"]
 
@@ -40,16 +46,7 @@ ENV_COLUMNS = ["gpu", "driver", "torch", "cuda", "package_version", "git_commit"
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _rel(path: Path, start: Path) -> str:
-    return Path(os.path.relpath(path, start)).as_posix()
-
-
-def _table_md(t: T.Table) -> str:
-    return f"**{t.title}.** {t.caption}\n\n{t.markdown()}\n"
-
-
-def _figure_md(p: F.Plot, base: Path) -> str:
-    return (f"![{p.title}]({_rel(p.png, base)})\n\n*Figure: {p.caption}* ([PDF]({_rel(p.pdf, base)}))\n")
+_table_md, _figure_md, _section = X.table_md, X.figure_md, X.section
 
 
 def _plain(v) -> str:
@@ -64,11 +61,14 @@ def _unique(df: pd.DataFrame, col: str) -> str:
     return ", ".join(vals) if vals else "-"
 
 
-def _what_was_run(raw: Mapping[str, pd.DataFrame], profiles, gpu_checks, timelines) -> str:
+def _what_was_run(raw: Mapping[str, pd.DataFrame], profiles, gpu_checks, timelines, results: Path,
+                  routing_stats) -> str:
     lines = ["| file | experiment | rows | executor | repeats | seeds | steps | batches | caches | protocols | "
              "hardware profile | GPU | driver | torch | CUDA | package | git commit |",
              "|" + " --- |" * 17]
-    exp = {"sim": "E1-E4, E6", "engine": "E5", "cpu_engine": "E5 (CPU check)", "models": "E7"}
+    exp = {"sim": "E1-E4, E6; flagship targets", "engine": "E5", "cpu_engine": "E5 (CPU check)",
+           "models": "E7; flagship target 1", "real": "E8; flagship targets", "sensitivity": "E9",
+           "ablation": "flagship ablation"}
     for name, df in raw.items():
         lines.append("| " + " | ".join([
             f"raw/{name}.csv", exp.get(name, ""), str(len(df)), _unique(df, "executor"), _unique(df, "repeats"),
@@ -76,6 +76,21 @@ def _what_was_run(raw: Mapping[str, pd.DataFrame], profiles, gpu_checks, timelin
             ", ".join(str(c) for c in sorted(set(df["cache"]))), _unique(df, "protocol"), _unique(df, "hardware"),
             *[_unique(df, c) for c in ENV_COLUMNS]]) + " |")
     out = "\n".join(lines) + "\n"
+    abl = raw.get("ablation")
+    if abl is not None and not abl.empty:
+        out += ("\nraw/ablation.csv variants (the flagship with one component off; empty = the full flagship): "
+                + ", ".join(f"`{v}`" if v else "(full)" for v in sorted(set(abl["variant"]))) + ".\n")
+    e10 = Path(results) / "raw" / E10_FILE
+    if e10.is_file():
+        f = load_e10(e10)
+        vers = "; ".join(f"{k} {_unique(f, k)}" for k in ("device", "gpu", "torch", "transformers", "accelerate",
+                                                          "git_commit") if k in f)
+        out += (f"\nraw/{E10_FILE} (E10, real `transformers` models offloaded): {len(f)} rows; models "
+                f"{_unique(f, 'model')}; arms {_unique(f, 'arm')}; {vers}.\n")
+    if routing_stats is not None:
+        out += (f"\nraw/routing_stats.json (routing statistics): {len(routing_stats.get('real', {}))} real traces, "
+                f"{len(routing_stats.get('synthetic', {}))} synthetic presets, "
+                f"{len(routing_stats.get('sensitivity', {}))} swept workloads of E9.\n")
     if profiles:
         out += "\nHardware profiles the simulator timed plans with:\n\n"
         for n, (prof, src) in profiles.items():
@@ -101,7 +116,13 @@ python -m artifact calibrate --device cuda -o results/hardware/h200.json
 python -m artifact grid sim --out results/raw --hardware h200
 python -m artifact grid engine --out results/raw --hardware h200
 python -m artifact grid models --out results/raw --hardware h200
+python -m artifact grid real --out results/raw --hardware h200          # E8: every strategy on the real traces
+python -m artifact grid sensitivity --out results/raw --hardware h200   # E9: locality x coupling sweep
+python -m artifact grid ablation --out results/raw --hardware h200      # the flagship, one component off at a time
 python -m artifact.experiments.gpu_checks --out results/raw
+python -m artifact.experiments.e10 --out results/raw                    # E10: real transformers models offloaded
+# on any machine: the routing statistics of the real traces, the synthetic presets and the E9 sweep
+python -m artifact.experiments.routing --out results/raw
 # without a GPU: the CPU engine check instead of the engine grid
 python -m artifact grid cpu_engine --out results/raw --hardware h200
 # the report: a pure function of results/raw/*.csv, results/raw/*.json and results/hardware/*.json
@@ -109,11 +130,22 @@ python -m artifact report --results results    # or: python -m artifact.report.b
 ```
 """
 
-NOT_MEASURED = """\
+SYNTHETIC_ONLY = """\
 - **Routing recorded from real checkpoints.** Every workload here is the calibrated synthetic generator (FACTS.md
   section 2: per-layer skew matched to switch-base-128's encoder routing); no model weights are downloaded on
   these machines, so no decode trace of a trained model was recorded. `python -m artifact trace record` exists for
   anyone who can download a checkpoint.
+"""
+
+REAL_LIMITS = """\
+- **Batches of real routing.** The real traces (E8) are single prompts, one sequence each: no batch can be formed
+  honestly from them, so real routing is measured at batch 1 only, and every batch above 1 is on synthetic routing
+  (calibrated on them: see the routing statistics). They were captured with quantised weights and fewer experts per
+  token than the models' own top-k, on a phone; no trace of a trained checkpoint was recorded on these machines
+  (no model weights are downloaded here). E10's models have random weights: their routing is not real routing.
+"""
+
+NOT_MEASURED = """\
 - **The seed's own runs.** The seed's latencies are in units and on a workload it does not state (its Avg Latency
   column is neither a per-token nor a per-step figure we can reproduce); we compare its ratios, not its
   milliseconds.
@@ -165,6 +197,10 @@ _DEFINITIONS = """\
   its latency / `oracle`'s latency (the fastest perfect-prefetch construction), both at the same cache size.
   `gpu_only` holds every expert and is not iso-cache.
 - **Relative error** (E5): (simulator - engine) / engine, on the same plan.
+- **Same-information strategies** (the flagship's targets): the online strategies of the registry whose `sees` is
+  `past`, as the flagship's; those that need a lookahead only where the trace carries one.
+- **Gap closed** (to Belady, per real trace and cache): (loads of `on_demand` - loads of the flagship) / (loads of
+  `on_demand` - loads of `belady`).
 """
 
 
@@ -177,10 +213,6 @@ def definitions(claims: Mapping) -> str:
                                reuse_last=f"{reuse[-1]['expert_reuse_factor']:.3f}", b_last=reuse[-1]["batch"],
                                flag_avg=T.fmt_seed_num(flag["avg_latency_ms"]),
                                best_mean=T.fmt_seed_num(round(float(np.mean([r["our_best_ms"] for r in best])))))
-
-
-def _section(title: str, body: str) -> str:
-    return f"## {title}\n\n{body.rstrip()}\n\n"
 
 
 def build_report(results_dir: str | os.PathLike = "results", out: str | os.PathLike | None = None) -> Path:
@@ -216,9 +248,12 @@ def build_report(results_dir: str | os.PathLike = "results", out: str | os.PathL
                 + "\n".join(f"- {c['claim']}: {c['note']}" for c in claims["claims"] if c.get("note")) + "\n")
     else:
         body = "raw/sim.csv is absent: no claim can be checked.\n"
+    body += "\n" + X.summary_extra(raw, claims, M.flagship(claims))
     parts.append(_section("Executive summary: the seed's claims checked", body))
 
-    parts.append(_section("What was run", _what_was_run(raw, profiles, gpu_checks, timelines)))
+    routing_stats = L.read_routing_stats(results)
+    parts.append(_section("What was run", _what_was_run(raw, profiles, gpu_checks, timelines, results,
+                                                         routing_stats)))
     parts.append(_section("How to regenerate", REGENERATE))
     parts.append(_section("Definitions", definitions(claims)))
 
@@ -234,12 +269,17 @@ def build_report(results_dir: str | os.PathLike = "results", out: str | os.PathL
     engine = raw.get("engine")
     plots["fig5"] = F.fig_sim_vs_engine(engine, fig_dir, hw)
 
-    strategies = "\n".join(f"| `{n}` | {s.summary} | {s.source} | {s.sees} | {'yes' if s.batch_aware else 'no'} "
-                           f"| {'yes' if s.role == 'bound' else 'no'} |" for n, s in M.STRATEGIES.items())
+    strategies = "\n".join(f"| `{n}` | {s.summary} | {s.source} | {s.sees} | {'yes' if s.needs_lookahead else 'no'} "
+                           f"| {'yes' if s.batch_aware else 'no'} | {s.role} |" for n, s in M.STRATEGIES.items())
     mapping = "; ".join(f"{k} -> `{v}`" for k, v in claims["method_map"].items())
-    parts.append(_section("Strategies", "| strategy | what it stands for | source | sees | batch-aware | bound |\n"
-                                        "| --- | --- | --- | --- | --- | --- |\n" + strategies
-                          + f"\n\nSeed method names map to ours as: {mapping}."))
+    parts.append(_section("Strategies", "| strategy | what it stands for | source | sees | needs lookahead | "
+                                        "batch-aware | role |\n| --- | --- | --- | --- | --- | --- | --- |\n"
+                          + strategies + f"\n\nSeed method names map to ours as: {mapping}. `sees`: what a "
+                          "strategy may look at (past: the past, the current layer's routing and the trace's "
+                          "lookahead, as a real engine could; next_layer, path: a stated oracle arm of a paper's "
+                          "predictor; future: a bound). A strategy that needs a lookahead is refused on a trace "
+                          "without one. In every figure each strategy keeps one colour and marker; the flagship "
+                          f"`{M.flagship(claims)}` is the thick black line."))
 
     if sim is not None and not sim.empty:
         e1 = [T.strategy_summary(sim, claims, hw)] + [T.latency_per_batch(sim, p, hw) for p in M.PROTOCOLS
@@ -297,7 +337,15 @@ def build_report(results_dir: str | os.PathLike = "results", out: str | os.PathL
     else:
         parts.append(_section("E7. Other models' presets", "raw/models.csv is absent.\n"))
 
-    parts.append(_section("What we did not measure", NOT_MEASURED))
+    real = raw.get("real")
+    parts.append(_section("Real against synthetic routing", X.routing_stats(routing_stats)))
+    parts.append(_section("E8. Every strategy on real decode traces", X.e8(real, fig_dir, base, hw)))
+    parts.append(_section("E9. Sensitivity: which strategy wins where", X.e9(raw.get("sensitivity"), routing_stats,
+                                                                             M.flagship(claims), fig_dir, base, hw)))
+    parts.append(_section("Flagship against its targets", X.flagship_targets(raw, M.flagship(claims))))
+    parts.append(_section("E10. A real transformers MoE model offloaded", X.e10(results, fig_dir, base)))
+    limits = REAL_LIMITS if real is not None and not real.empty else SYNTHETIC_ONLY
+    parts.append(_section("What we did not measure", limits + NOT_MEASURED))
     parts.append(_section("Source of the claims",
                           f"`{src['file']}`: \"{src['title']}\", {src['date']}; model: {src['model']}; framework: "
                           f"{src['framework']}; runs: {src['runs']}. {src['encoding_note']}.\n"))

@@ -32,15 +32,43 @@ from artifact.report.load import StepTimeline  # noqa: E402
 
 matplotlib.rcParams["pdf.fonttype"] = 42  # TrueType in PDFs (editable text; required by artifact reviewers)
 
-# One colour per strategy in registry order, used in every figure: paper baselines warm/blue pairs (the proxy arm
-# lighter than the paper arm), the seed's own methods brown/pink/red, the bounds greys and black.
-_PALETTE = ["#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a", "#9467bd", "#8c564b", "#e377c2",
-            "#d62728", "#7f7f7f", "#000000", "#bcbd22"]
-_MARKERS = ["o", "v", "s", "D", "^", "<", ">", "p", "h", "*", "X", "P", "d"]
-STRATEGY_COLORS: dict[str, str] = {n: _PALETTE[i % len(_PALETTE)] for i, n in enumerate(M.STRATEGIES)}
-STRATEGY_MARKERS: dict[str, str] = {n: _MARKERS[i % len(_MARKERS)] for i, n in enumerate(M.STRATEGIES)}
+# One colour and one marker per strategy, the same in every figure. Paper baselines blue/orange/green pairs (the proxy
+# arm lighter than the paper arm), MoE-Infinity purple, the deployed policies browns and pinks, the seed's own
+# methods olives, the bounds grey and red, gpu_only cyan; the flagship black, drawn thicker than the rest
+# (:func:`line_style`). A strategy the table does not name (one registered later) takes the next free colour and
+# marker of :data:`_EXTRA_COLORS` / :data:`_EXTRA_MARKERS` in registry order, so no two strategies ever share one.
+FLAGSHIP = "intelligent_dedup"
+_KNOWN_STYLE = {
+    "on_demand": ("#1f77b4", "o"), "prefetch_all": ("#aec7e8", "v"), "pregated": ("#ff7f0e", "s"),
+    "pregated_proxy": ("#ffbb78", "D"), "expertflow": ("#2ca02c", "^"), "mixtral_offloading": ("#98df8a", "<"),
+    "moe_infinity": ("#9467bd", ">"), "lfu": ("#8c564b", "p"), "lfru": ("#c49c94", "h"), "arc": ("#e377c2", "H"),
+    "s3fifo": ("#f7b6d2", "8"), "topk": ("#bcbd22", "d"), "multi_lookahead": ("#dbdb8d", "P"),
+    FLAGSHIP: ("#000000", "*"), "belady": ("#7f7f7f", "X"), "oracle": ("#d62728", "x"), "gpu_only": ("#17becf", "+"),
+}
+_EXTRA_COLORS = ["#393b79", "#843c39", "#7b4173", "#637939", "#8c6d31", "#5254a3", "#ad494a", "#a55194", "#8ca252",
+                 "#bd9e39", "#6b6ecf", "#d6616b", "#ce6dbd", "#b5cf6b", "#e7ba52", "#9c9ede", "#e7969c", "#de9ed6"]
+_EXTRA_MARKERS = ["1", "2", "3", "4", "|", "_", 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+
+
+def _styles(names) -> tuple[dict[str, str], dict[str, object]]:
+    colors, markers = {}, {}
+    extra_c = [c for c in _EXTRA_COLORS if c not in {v[0] for v in _KNOWN_STYLE.values()}]
+    extra_m = [m for m in _EXTRA_MARKERS if m not in {v[1] for v in _KNOWN_STYLE.values()}]
+    k = 0
+    for n in names:
+        if n in _KNOWN_STYLE:
+            colors[n], markers[n] = _KNOWN_STYLE[n]
+        else:
+            colors[n], markers[n] = extra_c[k % len(extra_c)], extra_m[k % len(extra_m)]
+            k += 1
+    return colors, markers
+
+
+STRATEGY_COLORS, STRATEGY_MARKERS = _styles(M.STRATEGIES)
+_PALETTE = list(dict.fromkeys(list(STRATEGY_COLORS.values()) + _EXTRA_COLORS))  # every colour a strategy may take
+_MARKERS = list(dict.fromkeys(list(STRATEGY_MARKERS.values()) + _EXTRA_MARKERS))
 OTHER_COLOR = "#c7c7c7"  # a strategy the registry does not know (never expected)
-SERIES_COLOR = "#17becf"  # a workload property (memory savings): not a strategy, so not a strategy colour
+SERIES_COLOR = "#9edae5"  # a workload property (memory savings): not a strategy, so not a strategy colour
 CLAIMED_COLOR = "#555555"  # the seed's claimed figures: dashed, labelled "claimed"
 
 DPI = 150
@@ -64,8 +92,17 @@ def color(strategy: str) -> str:
     return STRATEGY_COLORS.get(strategy, OTHER_COLOR)
 
 
-def marker(strategy: str) -> str:
+def marker(strategy: str):
     return STRATEGY_MARKERS.get(strategy, "o")
+
+
+def line_style(strategy: str, size: float = 3.0) -> dict:
+    """Keyword arguments of ``Axes.plot`` for a strategy's line: its colour and marker; the flagship thicker, with a
+    larger marker, and drawn above the rest, so it stands out among 17 lines."""
+    if strategy == FLAGSHIP:
+        return {"color": color(strategy), "marker": marker(strategy), "markersize": size + 4, "linewidth": 2.4,
+                "zorder": 5}
+    return {"color": color(strategy), "marker": marker(strategy), "markersize": size, "linewidth": 1.0, "zorder": 3}
 
 
 @dataclass(frozen=True)
@@ -130,7 +167,8 @@ def _log_y(a) -> None:
 
 def _legend(fig: Figure, names: list[str], ncol: int = 7, extra: list | None = None, lines: bool = False) -> None:
     if lines:  # line plots: the legend shows each strategy's marker too
-        handles = [Line2D([0], [0], color=color(n), marker=marker(n), markersize=4, label=n) for n in names]
+        handles = [Line2D([0], [0], label=n, **{**line_style(n, 4.0), "markersize": 7 if n == FLAGSHIP else 4})
+                   for n in names]
     else:
         handles = [Patch(facecolor=color(n), edgecolor="none", label=n) for n in names]
     handles += extra or []
@@ -169,7 +207,8 @@ def fig_latency_by_strategy(sim: pd.DataFrame, claims: Mapping, out_dir: Path,
             x = np.arange(len(names))
             for i, s in enumerate(names):
                 if s not in st.index or np.isnan(st.loc[s, "mean"]):
-                    why = "refused" if M.refused(d, s, protocol=p) else "n/a"
+                    why = ("refused" if M.refused(d, s, protocol=p) else "not run" if s not in st.index
+                           else "n/a")
                     a.text(i, 0.5, why, ha="center", transform=a.get_xaxis_transform(), fontsize=6)
                     continue
                 m, lo, hi = st.loc[s, "mean"], st.loc[s, "min"], st.loc[s, "max"]
@@ -249,8 +288,7 @@ def fig_latency_vs_batch(sim: pd.DataFrame, out_dir: Path, hardware: Mapping[str
                 if s not in m.index:
                     continue
                 y = m.loc[s]
-                a.plot(y.index.to_numpy(float), y.to_numpy(float), color=color(s), marker=marker(s), markersize=3,
-                       linewidth=1.0, label=s)
+                a.plot(y.index.to_numpy(float), y.to_numpy(float), label=s, **line_style(s))
             _log2_axis(a, d["batch"])
             _log_y(a)
             a.set_xlabel("batch size")
@@ -283,8 +321,7 @@ def fig_cache_sizes(sim: pd.DataFrame, out_dir: Path, hardware: Mapping[str, str
                 if s not in g.index.get_level_values("strategy"):
                     continue
                 y = g.xs(s, level="strategy")
-                a.plot(y.index.to_numpy(float), y.to_numpy(float), color=color(s), marker=marker(s), markersize=3,
-                       linewidth=1.0)
+                a.plot(y.index.to_numpy(float), y.to_numpy(float), **line_style(s))
             _log2_axis(a, d["cache"])
             a.set_xlabel("cache size (GPU expert slots)")
             a.set_ylabel(lab)
@@ -427,8 +464,7 @@ def fig_gaps(sim: pd.DataFrame, out_dir: Path, hardware: Mapping[str, str] | Non
                 if s not in m.index:
                     continue
                 y = m.loc[s]
-                a.plot(y.index.to_numpy(float), y.to_numpy(float), color=color(s), marker=marker(s), markersize=3,
-                       linewidth=1.0)
+                a.plot(y.index.to_numpy(float), y.to_numpy(float), **line_style(s))
             a.axhline(1.0, color=color(bound), linewidth=0.8, linestyle=":")
             _log2_axis(a, d["batch"])
             _log_y(a)

@@ -1,11 +1,15 @@
 """Reading the results folder: the grids' CSV files, typed; the hardware profiles they name; the GPU checks; the
 step timelines the runner saved. Nothing here computes a result: it reads and types.
 
-- ``raw/{sim,engine,cpu_engine,models}.csv``: one row per run (schema: ``artifact/experiments/schema.py``), read
-  as text and typed once by :func:`prepare`. A refusal row (a configuration that cannot run) has empty numeric
-  cells, typed as NaN, and a ``note`` starting with :data:`REFUSED`.
+- ``raw/{sim,engine,cpu_engine,models,real,sensitivity,ablation}.csv``: one row per run (schema:
+  ``artifact/experiments/schema.py``), read as text and typed once by :func:`prepare`. A refusal row (a
+  configuration that cannot run) has empty numeric cells, typed as NaN, and a ``note`` starting with
+  :data:`REFUSED`.
 - ``hardware/NAME.json``: only what the report prints of a profile (:class:`Profile`).
 - ``raw/gpu_checks.json``: as written by the GPU checks.
+- ``raw/routing_stats.json``: routing statistics of the real traces, the synthetic presets and the E9 sweep
+  (written by ``artifact/experiments/routing.py``), as a dict.
+- ``raw/e10.csv``: E10's rows (real ``transformers`` models offloaded): read by ``artifact/report/e10.py``.
 - ``raw/timelines.json``: one decode step's timeline for each point the timeline figure shows
   (:class:`StepTimeline`; written by ``artifact/experiments/runner.py``).
 """
@@ -19,8 +23,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-RAW_FILES = ("sim", "engine", "cpu_engine", "models")
+RAW_FILES = ("sim", "engine", "cpu_engine", "models", "real", "sensitivity", "ablation")
 TIMELINES_FILE = "timelines.json"
+ROUTING_STATS_FILE = "routing_stats.json"
+E10_FILE = "e10.csv"
 REFUSED = "refused: "  # how the runner starts the note of a configuration that cannot run
 # The repository's own profiles: where a results folder that lacks a profile its rows name falls back to.
 BUILTIN_PROFILES = Path(__file__).resolve().parents[2] / "results" / "hardware"
@@ -32,8 +38,8 @@ NUM_FIELDS = ["cache_fraction", "requests", "unique_requests", "hits", "demand_l
               "prefetch_issued", "prefetch_used", "prefetch_wasted", "hit_rate", "latency_ms_per_step",
               "latency_ms_per_step_min", "latency_ms_per_step_max", "stall_ms_per_step", "copy_busy_ms",
               "compute_busy_ms", "tokens_per_s", "sim_latency_ms_per_step", "peak_device_bytes", *SIM_COUNT_FIELDS]
-STR_FIELDS = ["experiment", "point_id", "model", "workload", "protocol", "strategy", "executor", "hardware",
-              "oracle_source", "note", "gpu", "driver", "torch", "cuda", "package_version", "git_commit"]
+STR_FIELDS = ["experiment", "point_id", "model", "workload", "protocol", "strategy", "variant", "executor",
+              "hardware", "oracle_source", "note", "gpu", "driver", "torch", "cuda", "package_version", "git_commit"]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -146,6 +152,17 @@ def read_gpu_checks(results: Path) -> dict | None:
             except json.JSONDecodeError:
                 return {"checks": {"gpu_checks.json": {"error": "unreadable JSON"}}}
     return None
+
+
+def read_routing_stats(results: Path) -> dict | None:
+    """``raw/routing_stats.json``; None when absent. ValueError when it is not JSON."""
+    p = Path(results) / "raw" / ROUTING_STATS_FILE
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{p}: not JSON ({exc})") from None
 
 
 @dataclass(frozen=True)

@@ -223,8 +223,8 @@ def strategy_summary(sim: pd.DataFrame, claims: Mapping, hardware: Mapping[str, 
                     mean = lo = hi = np.nan
                 row[f"{p}_{name}"], row[f"{p}_{name}_min"], row[f"{p}_{name}_max"] = mean, lo, hi
                 label = "latency (ms/step)" if name == "latency_ms" else "speedup vs on_demand"
-                trow[f"{p}: {label}"] = ("refused" if is_nan(mean) and refused(d, s, protocol=p)
-                                         else fmt_spread(mean, lo, hi, f))
+                trow[f"{p}: {label}"] = ("refused" if is_nan(mean) and refused(d, s, protocol=p) else "not run"
+                                         if s not in st.index else fmt_spread(mean, lo, hi, f))
         rows.append(row)
         text.append(trow)
     batches = joined(sorted(set(d["batch"])))

@@ -1,0 +1,484 @@
+"""The flagship against its targets, the development / test split, and the flagship's ablation: pure functions of the
+typed CSV rows (``load.prepare``) of ``raw/sim.csv``, ``raw/real.csv``, ``raw/models.csv`` and ``raw/ablation.csv``.
+
+The targets (the issue "A flagship that wins on real routing"), each checked per workload from the rows, never typed:
+
+1. Same information: on each workload, averaged over its grid points (cache sizes and batches), fewer loads and a
+   lower latency than every strategy with the same information, and at no grid point more than 2% worse than the
+   best of them in either. "Same information": registry ``sees == "past"`` and ``role == "online"`` (the past, the
+   current layer, the trace's lookahead), the flagship excluded; one that needs a lookahead the trace lacks is
+   refused there (its rows say so) and listed, not compared.
+2. Gap to Belady: on every real trace, ``(on_demand - flagship) / (on_demand - belady)`` in loads at each cache,
+   averaged over the caches, at least a third. A cache where ``on_demand`` needs no more loads than ``belady`` has no
+   gap to close: it is left out of the mean (the table says how many).
+3. Oracle: on the synthetic switch-base-128 workload, flagship latency / ``oracle`` latency at every batch, at most
+   1.3 on every seed at the grid's default cache.
+
+The split: parameters were fixed on the development split (synthetic switch-base-128 seeds 0-2 and the
+Qwen3-30B-A3B trace); every other workload is test.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from artifact.report import metrics as M
+from artifact.report.load import refusal_reason
+from artifact.report.tables import Table, fmt_pct, fmt_spread, fmt_x, is_nan, joined
+
+DEV_MODEL = "switch-base-128"  # the synthetic development workload: this preset, these seeds, the generator's defaults
+DEV_SEEDS = (0, 1, 2)
+DEV_TRACES = ("qwen3-30b-a3b",)  # the real development trace
+DEV, TEST = "development", "test"
+
+MARGIN = 0.02  # target 1: at no grid point more than 2% worse than the best same-information peer
+GAP_TARGET = 1.0 / 3.0  # target 2: a third of the on_demand -> belady gap in loads
+ORACLE_TARGET = 1.3  # target 3: flagship latency / oracle latency
+
+SPLIT_TEXT = (f"Parameters of the flagship were fixed on the **development** split: synthetic {DEV_MODEL} seeds "
+              f"{joined(DEV_SEEDS)} (the generator's defaults) and the {joined(DEV_TRACES)} real trace. Every other "
+              "workload is **test**: other seeds, the other real traces, the other presets of E7, and the E9 sweep. "
+              "Each target table below labels its rows; both splits are shown.")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Workloads and the split
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str  # "sim:seed0", "real:qwen3-30b-a3b", "models:olmoe-1b-7b"
+    name: str  # as printed
+    split: str  # DEV | TEST
+    rows: pd.DataFrame  # its batched rows
+
+
+def trace_name(label: str) -> str:
+    """``trace:vendored:qwen3-30b-a3b`` -> ``qwen3-30b-a3b``; ``trace:path/to/x.npz`` -> ``x``."""
+    t = label.split(":", 1)[1] if label.startswith("trace:") else label
+    t = t.split(":", 1)[1] if t.startswith("vendored:") else t
+    return re.sub(r"\.npz$", "", t.replace("\\", "/").rsplit("/", 1)[-1])
+
+
+def is_default_synthetic(label: str) -> bool:
+    """A synthetic workload with the generator's defaults (no E9 override such as ``:locality=0.2``)."""
+    return label.startswith("synthetic:") and "=" not in label
+
+
+def synthetic_split(model: str, seed: int) -> str:
+    return DEV if model == DEV_MODEL and seed in DEV_SEEDS else TEST
+
+
+def trace_split(label: str) -> str:
+    return DEV if trace_name(label) in DEV_TRACES else TEST
+
+
+def workloads(raw: Mapping[str, pd.DataFrame]) -> list[Workload]:
+    """Every workload the targets are checked on: each seed of ``sim`` (default generator), each real trace of
+    ``real``, each preset of ``models``; batched rows only."""
+    out = []
+    sim = raw.get("sim")
+    if sim is not None and not sim.empty:
+        d = sim[(sim["protocol"] == "batched") & sim["workload"].map(is_default_synthetic)]
+        for (model, seed), g in d.groupby(["model", "trace_seed"], sort=True):
+            out.append(Workload(f"sim:{model}:seed{seed}", f"synthetic {model}, seed {seed}",
+                                synthetic_split(model, int(seed)), g))
+    real = raw.get("real")
+    if real is not None and not real.empty:
+        d = real[real["protocol"] == "batched"]
+        for label, g in sorted(d.groupby("workload", sort=True), key=lambda kv: (trace_split(kv[0]) != DEV, kv[0])):
+            out.append(Workload(f"real:{trace_name(label)}", f"real trace {trace_name(label)}", trace_split(label),
+                                g))
+    models = raw.get("models")
+    if models is not None and not models.empty:
+        d = models[models["protocol"] == "batched"]
+        for (model, seed), g in d.groupby(["model", "trace_seed"], sort=True):
+            out.append(Workload(f"models:{model}:seed{seed}", f"synthetic {model} (E7), seed {seed}",
+                                synthetic_split(model, int(seed)), g))
+    return out
+
+
+def same_information(flagship: str) -> list[str]:
+    """The flagship's peers: registry ``sees == "past"`` and ``role == "online"``, itself excluded (table order)."""
+    return [n for n, s in M.STRATEGIES.items() if s.sees == "past" and s.role == "online" and n != flagship]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Target 1: against every strategy with the same information
+# --------------------------------------------------------------------------------------------------------------
+
+POINT = ["cache", "batch"]
+VALUES = ("loads", "latency_ms_per_step")
+
+
+def _per_point(rows: pd.DataFrame, strategy: str) -> pd.DataFrame:
+    d = rows[(rows["strategy"] == strategy) & ~rows["refused"]]
+    return d.groupby(POINT, sort=True)[list(VALUES)].mean()
+
+
+def _where(point) -> str:
+    c, b = point
+    return f"cache {c}, batch {b}"
+
+
+def same_information_check(rows: pd.DataFrame, flagship: str, peers: list[str]) -> dict:
+    """Target 1 on one workload's rows. Returns ``compared`` (peer -> flagship mean / peer mean of loads and of
+    latency over the points both ran, and how many), ``refused`` (peer -> reason: every row refused), ``not_run``,
+    ``worst`` (value -> (flagship / best peer at the worst point, that point)), ``points`` and ``met`` (None: the
+    flagship or every peer has no figure here)."""
+    f = _per_point(rows, flagship)
+    out = {"compared": {}, "refused": {}, "not_run": [], "worst": {}, "points": len(f), "met": None}
+    best = {}
+    for p in peers:
+        pr = rows[rows["strategy"] == p]
+        if pr.empty:
+            out["not_run"].append(p)
+            continue
+        v = _per_point(rows, p)
+        if v.empty:
+            out["refused"][p] = refusal_reason(str(pr.loc[pr["refused"], "note"].iloc[0])) if pr["refused"].any() \
+                else "no figures"
+            continue
+        common = f.index.intersection(v.index)
+        if not len(common):
+            continue
+        ratios = {k: float(f.loc[common, k].mean() / v.loc[common, k].mean()) for k in VALUES}
+        out["compared"][p] = {**ratios, "points": len(common), "of": len(f)}
+        for k in VALUES:
+            cur = best.get(k)
+            col = v[k].reindex(f.index)
+            best[k] = col if cur is None else pd.concat([cur, col], axis=1).min(axis=1)
+    if f.empty or not out["compared"]:
+        return out
+    ok = True
+    for k in VALUES:
+        r = (f[k] / best[k]).dropna()
+        if r.empty:
+            continue
+        i = r.idxmax()
+        out["worst"][k] = (float(r[i]), i)
+        ok &= bool(r[i] <= 1.0 + MARGIN)
+    ok &= all(c[k] < 1.0 for c in out["compared"].values() for k in VALUES)
+    out["met"] = bool(ok)
+    return out
+
+
+def _closest(compared: dict, k: str) -> tuple[str, float]:
+    """The peer the flagship does worst against in ``k`` (largest flagship / peer ratio; ties: table order)."""
+    name = max(compared, key=lambda p: (compared[p][k], -list(compared).index(p)))
+    return name, compared[name][k]
+
+
+def _met(m) -> str:
+    return "n/a" if m is None else "yes" if m else "**no**"
+
+
+def target_same_information(wls: list[Workload], flagship: str) -> Table:
+    peers = same_information(flagship)
+    rows, text = [], []
+    for w in wls:
+        r = same_information_check(w.rows, flagship, peers)
+        row = {"workload": w.name, "split": w.split, "points": r["points"], "met": r["met"],
+               "peers": len(r["compared"])}
+        cells = {}
+        for k, what in (("loads", "loads"), ("latency_ms_per_step", "latency")):
+            if r["compared"]:
+                p, v = _closest(r["compared"], k)
+                c = r["compared"][p]
+                row[f"{what}_closest"], row[f"{what}_ratio"] = p, v
+                part = "" if c["points"] == c["of"] else f" (on {c['points']} of {c['of']} points)"
+                cells[f"mean {what}: flagship / closest peer"] = f"{fmt_x(v)} vs `{p}`{part}"
+            else:
+                row[f"{what}_closest"], row[f"{what}_ratio"] = "", np.nan
+                cells[f"mean {what}: flagship / closest peer"] = "n/a"
+            wv = r["worst"].get(k)
+            row[f"{what}_worst"] = wv[0] if wv else np.nan
+            cells[f"worst point, {what}: flagship / best peer"] = (f"{fmt_x(wv[0])} ({_where(wv[1])})" if wv
+                                                                   else "n/a")
+        notes = [f"`{p}` refused: {why}" for p, why in r["refused"].items()]
+        notes += [f"`{p}` not run" for p in r["not_run"]]
+        rows.append(row)
+        text.append({"workload": w.name, "split": w.split, "grid points": str(r["points"]),
+                     "peers compared": str(len(r["compared"])), **cells,
+                     "target": f"< 1.00x on means; <= {fmt_x(1 + MARGIN)} at every point", "met": _met(r["met"]),
+                     "not compared": "; ".join(notes)})
+    cap = (f"Target 1: on each workload, `{flagship}` against every strategy with the same information "
+           f"({joined(f'`{p}`' for p in peers)}: registry `sees` = past, role online). Means over the workload's grid "
+           "points (every cache size and batch it ran, `batched`) that both strategies ran; 'closest peer' is the "
+           "one the flagship does worst against. Met if every mean ratio, loads and latency, is below 1.00x and at "
+           f"no grid point the flagship's loads or latency exceed the best peer's there by more than "
+           f"{100 * MARGIN:g}%. A peer that needs a lookahead the trace lacks is refused on it and listed, not "
+           "compared. Latency on the hardware profile of the rows.")
+    return Table("target_same_info", "Target 1. Fewer loads and lower latency than every same-information strategy",
+                 cap, pd.DataFrame(rows), pd.DataFrame(text))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Target 2: the gap between on_demand and belady closed, per real trace
+# --------------------------------------------------------------------------------------------------------------
+
+
+def gap_closed(rows: pd.DataFrame, flagship: str, base: str = "on_demand", bound: str = "belady") -> pd.DataFrame:
+    """Per cache of one workload: loads of ``base``, ``flagship`` and ``bound``, the gap and the share closed
+    ``(base - flagship) / (base - bound)`` (NaN where the gap is not positive), and the cache fraction."""
+    d = rows[(rows["protocol"] == "batched") & ~rows["refused"]]
+    g = d.groupby(["strategy", "cache"], sort=True)["loads"].mean()
+    frac = d.groupby("cache", sort=True)["cache_fraction"].first()
+    caches = sorted(set(d["cache"]))
+    out = pd.DataFrame(index=pd.Index(caches, name="cache"))
+
+    def col(s):
+        return g.xs(s, level="strategy").reindex(out.index) if s in g.index.get_level_values(0) else np.nan
+
+    out["base"], out["flagship"], out["bound"] = col(base), col(flagship), col(bound)
+    out["gap"] = out["base"] - out["bound"]
+    out["closed"] = ((out["base"] - out["flagship"]) / out["gap"]).where(out["gap"] > 0)
+    out["fraction"] = frac.reindex(out.index)
+    return out
+
+
+def gap_summary(frame: pd.DataFrame) -> tuple[float, int]:
+    """(mean share closed over the caches with a gap, number of caches without one)."""
+    has = frame["gap"] > 0
+    no_gap = int((~has & frame["gap"].notna()).sum())
+    vals = frame.loc[has, "closed"]
+    return (float(vals.mean()) if len(vals) and vals.notna().all() else np.nan), no_gap
+
+
+def target_gap(wls: list[Workload], flagship: str) -> Table:
+    real = [w for w in wls if w.key.startswith("real:")]
+    per = {w.key: gap_closed(w.rows, flagship) for w in real}
+    fracs = sorted({round(float(f), 3) for fr in per.values() for f in fr["fraction"] if not is_nan(f)})
+    rows, text = [], []
+    for w in real:
+        fr = per[w.key]
+        mean, no_gap = gap_summary(fr)
+        met = None if is_nan(mean) else bool(mean >= GAP_TARGET)
+        row = {"workload": w.name, "split": w.split, "mean_closed": mean, "caches_without_gap": no_gap, "met": met}
+        trow = {"workload": w.name, "split": w.split}
+        by_frac = {round(float(f), 3): c for c, f in zip(fr.index, fr["fraction"]) if not is_nan(f)}
+        for f in fracs:
+            c = by_frac.get(f)
+            label = f"cache {fmt_pct(f)}"
+            if c is None:
+                trow[label] = "-"
+                continue
+            v, gap = fr.loc[c, "closed"], fr.loc[c, "gap"]
+            row[f"closed_C{c}"] = v
+            trow[label] = f"no gap (C={c})" if not is_nan(gap) and gap <= 0 else f"{fmt_pct(v)} (C={c})"
+        trow["mean over caches"] = fmt_pct(mean) + (f" ({no_gap} cache(s) without a gap left out)" if no_gap else "")
+        trow["target"] = f">= {fmt_pct(GAP_TARGET)}"
+        trow["met"] = _met(met)
+        rows.append(row)
+        text.append(trow)
+    cap = (f"Target 2: on every real trace, the share of the gap between `on_demand` and `belady` in loads that "
+           f"`{flagship}` closes, (on_demand - flagship) / (on_demand - belady), at each cache size (batch 1), then "
+           "the mean over the caches. A cache where `on_demand` needs no more loads than `belady` has no gap to "
+           f"close and is left out of the mean. Met if the mean is at least {fmt_pct(GAP_TARGET)}.")
+    return Table("target_gap", "Target 2. The gap to Belady closed on every real trace", cap, pd.DataFrame(rows),
+                 pd.DataFrame(text))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Target 3: within 1.3x of the oracle at every batch, synthetic switch-base-128
+# --------------------------------------------------------------------------------------------------------------
+
+
+def oracle_ratio(sim: pd.DataFrame, flagship: str, bound: str = "oracle") -> pd.Series:
+    """flagship latency / oracle latency, indexed by (trace_seed, cache, batch), default-generator batched rows."""
+    d = sim[(sim["protocol"] == "batched") & sim["workload"].map(is_default_synthetic) & ~sim["refused"]]
+    g = d.groupby(["strategy", "trace_seed", "cache", "batch"], sort=True)["latency_ms_per_step"].mean()
+    if flagship not in g.index.get_level_values(0) or bound not in g.index.get_level_values(0):
+        return pd.Series(dtype=float)
+    f, o = g.xs(flagship, level="strategy"), g.xs(bound, level="strategy")
+    return (f / o.reindex(f.index)).dropna()
+
+
+def target_oracle(sim: pd.DataFrame | None, flagship: str) -> Table:
+    cols = ["workload", "split", "batch", "mean", "min", "max", "worst_any_cache", "worst_cache", "met"]
+    if sim is None or sim.empty:
+        return Table("target_oracle", "Target 3. Within 1.3x of the oracle", "raw/sim.csv is absent.",
+                     pd.DataFrame(columns=cols), pd.DataFrame())
+    r = oracle_ratio(sim, flagship)
+    cache = M.default_cache(sim)
+    model = joined(sorted(set(sim["model"])))
+    rows, text = [], []
+    if not r.empty:
+        seeds = sorted(set(r.index.get_level_values("trace_seed")))
+        groups = [(DEV, [s for s in seeds if synthetic_split(model, s) == DEV]),
+                  (TEST, [s for s in seeds if synthetic_split(model, s) == TEST])]
+        for split, ss in groups:
+            if not ss:
+                continue
+            sub = r[r.index.get_level_values("trace_seed").isin(ss)]
+            for b in sorted(set(sub.index.get_level_values("batch"))):
+                at_b = sub.xs(b, level="batch")
+                dc = at_b.xs(cache, level="cache") if cache in set(at_b.index.get_level_values("cache")) else \
+                    pd.Series(dtype=float)
+                mean, lo, hi = (float(dc.mean()), float(dc.min()), float(dc.max())) if len(dc) else (np.nan,) * 3
+                i = at_b.idxmax()
+                met = None if is_nan(hi) else bool(hi <= ORACLE_TARGET)
+                wl = f"synthetic {model}, seed{'s' if len(ss) > 1 else ''} {joined(ss)}"
+                rows.append({"workload": wl, "split": split, "batch": b, "mean": mean, "min": lo, "max": hi,
+                             "worst_any_cache": float(at_b[i]), "worst_cache": int(i[1]), "met": met})
+                text.append({"workload": wl, "split": split, "batch": str(b),
+                             f"flagship / oracle latency, cache {cache}: mean [min, max] over seeds":
+                                 fmt_spread(mean, lo, hi, fmt_x),
+                             "worst over every cache and seed": f"{fmt_x(at_b[i])} (cache {i[1]}, seed {i[0]})",
+                             "target": f"<= {fmt_x(ORACLE_TARGET)} on every seed", "met": _met(met)})
+    cap = (f"Target 3: `{flagship}` latency per step over `oracle` latency per step on the same seed, cache and batch "
+           f"(synthetic {model}, `batched`). Met at a batch if every seed's ratio at the grid's default cache "
+           f"({cache} experts) is at most {fmt_x(ORACLE_TARGET)}; the worst ratio over every cache size of the grid "
+           "is shown beside it.")
+    return Table("target_oracle", f"Target 3. Within {ORACLE_TARGET:g}x of the oracle at every batch", cap,
+                 pd.DataFrame(rows, columns=cols), pd.DataFrame(text))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The ablation
+# --------------------------------------------------------------------------------------------------------------
+
+# What each variant of the ablation grid switches off (artifact/policies/intelligent_dedup.py); a variant not named
+# here is printed by its name.
+VARIANTS = {
+    "no_adaptive": "recency/frequency balance fixed (beta = 1, no shadow rankings)",
+    "no_distance": "no 1/sqrt(distance) term: when the expert's layer comes round is ignored",
+    "no_frequency": "uses ignored: the value is recency alone",
+    "no_prefetch": "no next-layer prefetch: demand loads only",
+    "no_cooccurrence": "no learned co-occurrence forecast (the lookahead alone, where the trace has one)",
+    "no_lookahead": "the trace's lookahead ignored (the learned co-occurrence alone)",
+    "no_hardware_window": "no copy window: the prefetch bar is always the high one",
+}
+
+
+def _ablation_workloads(abl: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    out = []
+    for label, g in abl.groupby("workload", sort=True):
+        if label.startswith("trace:"):
+            out.append((f"{trace_name(label)} ({trace_split(label)})", label, g))
+        else:
+            seeds = sorted(set(g["trace_seed"]))
+            model = joined(sorted(set(g["model"])))
+            split = DEV if all(synthetic_split(model, s) == DEV for s in seeds) else TEST
+            out.append((f"synthetic {model}, seed {joined(seeds)} ({split})", label, g))
+    return sorted(out, key=lambda t: (not t[1].startswith("synthetic:"), DEV not in t[0], t[1]))
+
+
+def ablation_table(abl: pd.DataFrame) -> Table:
+    """Rows: variant; columns: workload; cells: mean loads and mean latency over the workload's grid points,
+    relative to the full flagship on the same points."""
+    d = abl[abl["protocol"] == "batched"]
+    wls = _ablation_workloads(d)
+    variants = [""] + sorted(set(d["variant"]) - {""}, key=lambda v: (list(VARIANTS).index(v) if v in VARIANTS
+                                                                      else len(VARIANTS), v))
+    rows, text = [], []
+    for v in variants:
+        row, trow = {"variant": v or "full"}, {"variant": f"`{v}`" if v else "full flagship"}
+        trow["what is off"] = VARIANTS.get(v, "nothing" if not v else v.replace("_", " "))
+        worst = None
+        for name, _, g in wls:
+            full = g[(g["variant"] == "") & ~g["refused"]].groupby(POINT)[list(VALUES)].mean()
+            var = g[(g["variant"] == v) & ~g["refused"]].groupby(POINT)[list(VALUES)].mean()
+            common = full.index.intersection(var.index)
+            if g[g["variant"] == v].empty:
+                trow[name] = "not run"
+                continue
+            if not len(common):
+                trow[name] = "refused" if g.loc[g["variant"] == v, "refused"].any() else "n/a"
+                continue
+            rl, rt = (float(var.loc[common, k].mean() / full.loc[common, k].mean()) for k in VALUES)
+            row[f"{name}: loads"], row[f"{name}: latency"] = rl, rt
+            trow[name] = f"loads {fmt_x(rl)}, latency {fmt_x(rt)}"
+            if v and (worst is None or rt > worst[0]):
+                worst = (rt, name)
+        trow["costs most latency on"] = ("-" if not v or worst is None else
+                                         "nowhere: no workload is slower without it" if round(worst[0], 2) <= 1.0
+                                         else f"{worst[1]}: {fmt_x(worst[0])}")
+        rows.append(row)
+        text.append(trow)
+    pts = "; ".join(f"{name}: cache {joined(sorted(set(g['cache'])))}, batch {joined(sorted(set(g['batch'])))}"
+                    for name, _, g in wls)
+    cap = ("The flagship with one component switched off in turn (raw/ablation.csv), on every workload of the "
+           "ablation grid. Each cell: the variant's mean loads and mean latency per step over the workload's grid "
+           f"points, over the full flagship's on the same points (above 1.00x: the component pays for itself there). "
+           f"Grid points: {pts}. Latency on the hardware profile `{joined(sorted(set(d['hardware'])))}`.")
+    return Table("ablation", "Ablation: what each component of the flagship buys, per workload", cap,
+                 pd.DataFrame(rows), pd.DataFrame(text))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The executive summary's paragraph
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _count(frame: pd.DataFrame, split: str | None = None) -> tuple[int, int]:
+    f = frame if split is None else frame[frame["split"] == split]
+    f = f[f["met"].notna()]
+    return int((f["met"] == True).sum()), len(f)  # noqa: E712  (object column: True / False / None)
+
+
+def _split_counts(frame: pd.DataFrame) -> str:
+    parts = []
+    for sp in (DEV, TEST):
+        k, n = _count(frame, sp)
+        if n:
+            parts.append(f"{sp} {k} of {n}")
+    return "; ".join(parts)
+
+
+def summary(t1: Table, t2: Table, t3: Table, flagship: str) -> str:
+    """Where the flagship meets its targets, where not, and by how much: generated from the target tables."""
+    out = []
+    f1 = t1.frame
+    if not f1.empty and f1["met"].notna().any():
+        k, n = _count(f1)
+        line = (f"- **Against every same-information strategy** (target 1): met on {k} of {n} workloads "
+                f"({_split_counts(f1)}).")
+        won = f1[f1["met"] == True]  # noqa: E712
+        lost = f1[f1["met"] == False]  # noqa: E712
+        if len(won):
+            line += " Met on " + "; ".join(
+                f"{r['workload']} (latency {fmt_x(r['latency_ratio'])} of `{r['latency_closest']}`, loads "
+                f"{fmt_x(r['loads_ratio'])} of `{r['loads_closest']}`)"
+                for _, r in won.iterrows()) + "."
+        if len(lost):
+            line += " Not met on " + "; ".join(
+                f"{r['workload']} (loads {fmt_x(r['loads_ratio'])} of `{r['loads_closest']}`, latency "
+                f"{fmt_x(r['latency_ratio'])} of `{r['latency_closest']}`; worst point {fmt_x(r['loads_worst'])} in "
+                f"loads, {fmt_x(r['latency_worst'])} in latency)" for _, r in lost.iterrows()) + "."
+        syn = f1[f1["workload"].str.startswith(f"synthetic {DEV_MODEL}, seed") & f1["latency_ratio"].notna()]
+        if len(syn) > 1:
+            line += (f" Over the {len(syn)} synthetic {DEV_MODEL} seeds, mean latency against the closest peer: "
+                     + fmt_spread(syn["latency_ratio"].mean(), syn["latency_ratio"].min(), syn["latency_ratio"].max(),
+                                  fmt_x)
+                     + ", loads: " + fmt_spread(syn["loads_ratio"].mean(), syn["loads_ratio"].min(),
+                                                syn["loads_ratio"].max(), fmt_x) + " (mean [min, max] over seeds).")
+        out.append(line)
+    f2 = t2.frame
+    if not f2.empty and f2["met"].notna().any():
+        k, n = _count(f2)
+        out.append(f"- **Gap to Belady closed on real traces** (target 2, at least {fmt_pct(GAP_TARGET)}): met on {k} "
+                   f"of {n}: " + "; ".join(f"{r['workload']} {fmt_pct(r['mean_closed'])} ({r['split']})"
+                                          for _, r in f2.iterrows()) + ".")
+    f3 = t3.frame
+    if not f3.empty and f3["met"].notna().any():
+        parts = []
+        for sp in (DEV, TEST):
+            s = f3[(f3["split"] == sp) & f3["met"].notna()]
+            if s.empty:
+                continue
+            i = s["max"].idxmax()
+            parts.append(f"{sp}: {int((s['met'] == True).sum())} of {len(s)} batches, worst "  # noqa: E712
+                         f"{fmt_x(s.loc[i, 'max'])} at batch {s.loc[i, 'batch']}")
+        out.append(f"- **Within {ORACLE_TARGET:g}x of the oracle** (target 3, synthetic {DEV_MODEL}): "
+                   + "; ".join(parts) + ".")
+    if not out:
+        return ""
+    return (f"**Our flagship `{flagship}` against its targets** (details in the section \"Flagship against its "
+            "targets\"; development and test workloads as defined there):\n\n" + "\n".join(out) + "\n")

@@ -38,10 +38,15 @@ def lint(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """pytest-benchmark suite (GPU engine cases skip without CUDA); options after -- go to pytest.
 
-    e.g. ``nox -s bench -- --benchmark-autosave``, later ``nox -s bench -- --benchmark-compare``.
+    e.g. ``nox -s bench -- --benchmark-autosave``, later
+    ``nox -s bench -- --benchmark-compare --benchmark-compare-fail=min:50% --geomean-fail=10%`` (README,
+    "Benchmarks and regression tracking": CPU time, thread caps 1, the garbage collector off and ``--geomean-fail``
+    come from ``benchmarks/conftest.py``).
     """
     _install(session, "test")
-    session.run("python", "-m", "pytest", "benchmarks", *session.posargs)
+    # Thread caps before anything loads numpy or torch (benchmarks/conftest.py sets the same defaults).
+    env = {var: os.environ.get(var, "1") for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    session.run("python", "-m", "pytest", "benchmarks", *session.posargs, env=env)
 
 
 @nox.session

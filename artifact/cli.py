@@ -9,6 +9,9 @@ import sys
 
 from artifact import __version__
 
+# The grids `grid` can run (artifact.experiments.grids.GRIDS; listed here so --help needs no import).
+GRID_NAMES = ("sim", "engine", "models", "cpu_engine", "real", "sensitivity", "ablation")
+
 
 def _fmt(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
@@ -53,7 +56,9 @@ def _top_k(w) -> dict:
 
 def _print_row(row: dict, as_json: bool) -> None:
     if as_json:  # strict JSON: what was not measured is null (the row says why), never NaN or Infinity
-        print(json.dumps(row, sort_keys=False, allow_nan=False))
+        from artifact.atomicfile import json_text
+
+        print(json_text(row, indent=None))  # a stray NaN or infinity: null, its key listed in null_reasons
         return
     width = max(len(k) for k in row)
     for k, v in row.items():
@@ -75,7 +80,8 @@ def cmd_run(args) -> int:
 
     ws, w = _workload(args)
     row, _, _ = engine_one(w, args.strategy, args.cache_experts, args.protocol, args.seed, args.hardware,
-                           device=args.device, repeats=args.repeats, dtype=args.dtype)
+                           device=args.device, repeats=args.repeats, dtype=args.dtype,
+                           graph=False if args.eager else "auto")
     row = {"workload": ws.label, "device": args.device, **row, **_top_k(w)}
     _print_row(row, args.json)
     return 0
@@ -95,7 +101,8 @@ def cmd_grid(args) -> int:
     from artifact.experiments import grids
     from artifact.experiments.runner import run_grid
 
-    path = run_grid(grids.GRIDS[args.name](args.quick), args.out, args.hardware, jobs=args.jobs, device=args.device)
+    path = run_grid(grids.GRIDS[args.name](args.quick), args.out, args.hardware, jobs=args.jobs, device=args.device,
+                    engine_graph=False if args.eager else "auto")
     print(f"wrote {path}", file=sys.stderr)
     return 0
 
@@ -221,6 +228,116 @@ def cmd_trace_record(args) -> int:
     return 0
 
 
+def _local_tokenizer(model: str):
+    """The tokenizer saved beside a checkpoint, or None (no tokenizer files: transformers would build an empty one)."""
+    from artifact.engine.hf_models import model_source
+
+    kind, where = model_source(model)
+    names = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+    if kind != "checkpoint" or not any((where / n).is_file() for n in names):
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(where), local_files_only=True)
+    except (OSError, ValueError):
+        return None
+
+
+def _prompt_ids(args, config) -> list[list[int]]:
+    """``--prompt TEXT`` (the checkpoint's tokenizer, or UTF-8 bytes for a 256-token vocabulary) or ``--prompt-ids
+    FILE`` (one prompt per line: a JSON list or integers separated by commas or spaces); equal lengths (no padding)."""
+    from pathlib import Path
+
+    from artifact.engine.hf_models import byte_ids
+
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    if args.prompt_ids is not None:
+        p = Path(args.prompt_ids)
+        if not p.is_file():
+            raise ValueError(f"prompt ids file {p}: no such file")
+        prompts = []
+        for n, line in enumerate(p.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                ids = json.loads(line) if line.lstrip().startswith("[") else \
+                    [int(t) for t in line.replace(",", " ").split()]
+            except ValueError:
+                raise ValueError(f"prompt ids file {p} line {n}: not a list of integers") from None
+            prompts.append([int(t) for t in ids])
+        if not prompts:
+            raise ValueError(f"prompt ids file {p}: holds no prompt")
+    else:
+        tok = _local_tokenizer(args.model)
+        if tok is not None:
+            prompts = [list(tok(args.prompt)["input_ids"])]
+        elif vocab >= 256:
+            prompts = [byte_ids(args.prompt)]
+            print("note: no tokenizer; the prompt is encoded as UTF-8 bytes", file=sys.stderr)
+        else:
+            raise ValueError(f"model {args.model}: a text prompt needs a tokenizer (none found, and the vocabulary of "
+                             f"{vocab} is too small for bytes); give --prompt-ids")
+    if len({len(q) for q in prompts}) != 1 or not prompts[0]:
+        raise ValueError("prompts must be non-empty and of equal length (a batch without padding)")
+    bad = [t for q in prompts for t in q if not 0 <= t < vocab]
+    if bad:
+        raise ValueError(f"prompt token id {bad[0]} is outside the model's vocabulary of {vocab}")
+    return prompts * args.batch
+
+
+def cmd_generate(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from artifact.engine.hf_models import build_model, byte_text, check_config, load_config
+    from artifact.engine.offload import offload
+    from artifact.planner import get_strategy
+    from artifact.runtime.hardware import load_profile
+    from artifact.runtime.live import refuse_if_not_live
+    from artifact.traces.trace import save
+
+    # Everything that can be refused is refused before a weight is loaded or moved.
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device cuda: torch.cuda.is_available() is False (no GPU, or a CPU build of torch "
+                         f"{torch.__version__}); use --device cpu")
+    if args.max_new_tokens < 1 or args.batch < 1:
+        raise ValueError("--max-new-tokens and --batch must be at least 1")
+    refuse_if_not_live(get_strategy(args.strategy))
+    config = load_config(args.model)
+    check_config(config, args.cache_experts)
+    hw = load_profile(args.hardware)
+    prompts = _prompt_ids(args, config)
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    dtype = dtypes[args.dtype] if args.dtype != "auto" else (torch.bfloat16 if args.device == "cuda"
+                                                            else torch.float32)
+    model = build_model(args.model, args.seed, dtype, "cpu", config=config)
+    model = offload(model, args.strategy, args.cache_experts, args.device, hw, record=True)
+    session = model.expert_offload
+    bar = tqdm(total=args.max_new_tokens, unit="tok", desc=f"{args.strategy} c={args.cache_experts}",
+               disable=args.quiet)
+    session.on_step = lambda step, phase, tokens, ms: bar.update(1)
+    ids = torch.tensor(prompts, device=args.device)
+    kwargs = {"max_new_tokens": args.max_new_tokens, "do_sample": False, "num_beams": 1,
+              "attention_mask": torch.ones_like(ids), "pad_token_id": getattr(config, "pad_token_id", None) or 0}
+    if args.ignore_eos:
+        kwargs["min_new_tokens"] = args.max_new_tokens
+    with torch.no_grad():
+        out = model.generate(ids, **kwargs)
+    bar.close()
+    report = session.last
+    new = out[0, -args.max_new_tokens:].tolist() if not config.is_encoder_decoder else out[0, 1:].tolist()
+    tok = _local_tokenizer(args.model)
+    text = tok.decode(new) if tok is not None else None
+    print(text if text is not None else " ".join(str(t) for t in new) if config.vocab_size > 256 else byte_text(new))
+    if args.record:
+        save(report.trace, args.record)
+    print(report.line() + (f"; trace -> {args.record}" if args.record else ""), file=sys.stderr)
+    if args.json:
+        print(json.dumps(report.summary(), allow_nan=False), file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m artifact", description="MoE expert offloading: traces, strategies, "
                                 "a calibrated simulator and a real engine.")
@@ -268,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--repeats", type=int, default=3, help="timed repeats (after one warm-up)")
     rn.add_argument("--dtype", choices=("bfloat16", "float32"), default=None,
                     help="expert weight dtype (default: the model preset's)")
+    rn.add_argument("--eager", action="store_true",
+                    help="the eager issue loop instead of one CUDA graph replay per repeat (CUDA)")
     rn.set_defaults(func=cmd_run)
 
     cal = sub.add_parser("calibrate", help="measure copy, expert FFN and non-MoE times into a hardware profile")
@@ -282,12 +401,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     gr = sub.add_parser("grid", help="run (or resume) one experiment grid into OUT/<grid>.csv")
     _fmt(gr)
-    gr.add_argument("name", choices=("sim", "engine", "models", "cpu_engine"), help="grid")
+    gr.add_argument("name", choices=tuple(GRID_NAMES), help="grid")
     gr.add_argument("--out", default="out/raw", help="folder of the CSV files")
     gr.add_argument("--hardware", default="h200", help="hardware profile for the simulator")
     gr.add_argument("--quick", action="store_true", help="a small version of the grid")
     gr.add_argument("--jobs", type=int, default=None, help="simulator processes (default: CPU count)")
     gr.add_argument("--device", choices=("cuda", "cpu"), default=None, help="engine device (default: cuda if any)")
+    gr.add_argument("--eager", action="store_true",
+                    help="engine points: the eager issue loop instead of one CUDA graph replay per repeat")
     gr.set_defaults(func=cmd_grid)
 
     rp = sub.add_parser("report", help="rebuild REPORT.md and the figures from RESULTS/raw/*.csv alone")
@@ -305,6 +426,32 @@ def build_parser() -> argparse.ArgumentParser:
                     help="profile name (GPU: the name to calibrate into; CPU: committed profile, default h200)")
     rr.add_argument("--recalibrate", action="store_true", help="measure the GPU again even if a profile exists")
     rr.set_defaults(func=cmd_reproduce)
+
+    ge = sub.add_parser("generate", help="offload a transformers MoE model's experts and generate with a live "
+                        "strategy", description="Greedy generation with every routed expert in a host slab and "
+                        "CACHE_EXPERTS device slots managed live by STRATEGY; prints the tokens and a one-line "
+                        "summary (tokens/s, hits, loads, bytes moved, per-token latency).")
+    _fmt(ge)
+    ge.add_argument("--model", required=True, help="local checkpoint directory (safetensors; nothing is downloaded), "
+                    "a config JSON (seeded random weights) or a built-in config: tiny-mixtral, tiny-olmoe, "
+                    "tiny-qwen2-moe, tiny-qwen3-moe, tiny-gpt-oss, tiny-switch")
+    pr = ge.add_mutually_exclusive_group(required=True)
+    pr.add_argument("--prompt", help="prompt text")
+    pr.add_argument("--prompt-ids", help="file of token ids: one prompt per line (equal lengths)")
+    ge.add_argument("--strategy", default="intelligent_dedup", help="a strategy that can run live (see `list`)")
+    ge.add_argument("--cache-experts", type=int, required=True, help="device expert slots")
+    ge.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="where the model runs")
+    ge.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate")
+    ge.add_argument("--ignore-eos", action="store_true", help="generate exactly --max-new-tokens")
+    ge.add_argument("--batch", type=int, default=1, help="repeat the prompt(s) this many times (a batch)")
+    ge.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                    help="weights dtype (auto: bfloat16 on cuda, float32 on cpu)")
+    ge.add_argument("--seed", type=int, default=0, help="seed of random weights (config or built-in models)")
+    ge.add_argument("--hardware", default="h200", help="hardware profile the strategy plans with")
+    ge.add_argument("--record", default=None, help="write the run's routing trace (.npz) here")
+    ge.add_argument("--json", action="store_true", help="also print the summary as one JSON object (stderr)")
+    ge.add_argument("--quiet", action="store_true", help="no progress bar")
+    ge.set_defaults(func=cmd_generate)
 
     ls = sub.add_parser("list", help="list every strategy and the source it follows")
     _fmt(ls)

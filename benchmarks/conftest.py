@@ -1,26 +1,57 @@
 """Shared set-up of the pytest-benchmark suite: where runs are stored, what machine they ran on, what to do when
-``--benchmark-compare`` has nothing to compare against, and the workloads every case reuses (built once, untimed).
+``--benchmark-compare`` has nothing to compare against, how cases are timed, and the workloads every case reuses
+(built once, untimed).
 
 Run from the repository root: ``python -m pytest benchmarks --benchmark-autosave`` saves a run under
 ``.benchmarks/<machine id>/``; a later ``python -m pytest benchmarks --benchmark-compare`` compares against the
 latest saved run of the same machine id. The storage folder is the repository's ``.benchmarks`` whatever the
 working directory, unless ``--benchmark-storage`` names another.
+
+Timing fit for regression tracking on a small shared machine (README, "Benchmarks and regression tracking"):
+
+- thread caps (``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS`` = 1 unless set) before numpy or
+  torch load: multi-threaded BLAS spins when another process holds a core (a 50x slowdown seen on 2 cores);
+- the process's CPU time (``time.process_time``) as the timer, unless ``--benchmark-timer`` names another: every CPU
+  case is single-threaded work, and CPU time does not count the time another process held the core (the GPU engine
+  cases time wall clock: they wait on the device);
+- the garbage collector off while a round runs (``--benchmark-disable-gc``);
+- compare on the minimum over rounds (noise only ever adds time), per case with a wide threshold (the README's
+  ``--benchmark-compare-fail=min:50%``: on a 2-core VM shared with other work, a case's minimum still moved by up
+  to 38% between unchanged runs, when another process held the memory system through all its rounds), and over the
+  suite with a tight one: ``--geomean-fail=10%`` fails the run when the geometric mean over the compared cases of
+  (this run's minimum / the baseline's) exceeds 1.10 (it stayed within 3.3% there). A broad slowdown shows in the
+  mean; a large one of a single case in its own figure.
+
+``ARTIFACT_BENCH_SLOWDOWN=1.25`` (read here only, for checking that the compare catches a regression) makes every
+call of the planner (``artifact.planner.plan``) and the simulator (``artifact.runtime.simulator.simulate``) burn
+0.25x its own CPU time in extra work after it returns: a 25% slower simulated grid, decisions unchanged.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from pathlib import Path
+import sys
 
-import pytest
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# Before numpy and torch are first imported (they read these once, when they load); a user's own setting wins.
+_CAPS_LATE = sorted(m for m in ("numpy", "torch") if m in sys.modules)
+for _var in THREAD_ENV:
+    os.environ.setdefault(_var, "1")
 
-from artifact.core.metrics import count_metrics
-from artifact.core.requests import Requests, build_requests
-from artifact.experiments.runs import DEFAULT_SEQUENCES, DEFAULT_TOKENS
-from artifact.measure.environment import nvidia_smi
-from artifact.runtime.hardware import HardwareProfile, load_profile
-from artifact.traces.workload import Workload, decode_workload
+import functools  # noqa: E402
+import math  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from artifact.core.metrics import count_metrics  # noqa: E402
+from artifact.core.requests import Requests, build_requests  # noqa: E402
+from artifact.experiments.runs import DEFAULT_SEQUENCES, DEFAULT_TOKENS  # noqa: E402
+from artifact.measure.environment import nvidia_smi  # noqa: E402
+from artifact.runtime.hardware import HardwareProfile, load_profile  # noqa: E402
+from artifact.traces.workload import Workload, decode_workload  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STORAGE = REPO_ROOT / ".benchmarks"
@@ -32,12 +63,89 @@ SAVE_FIRST = "python -m pytest benchmarks --benchmark-autosave"
 COUNT_KEYS = ("requests", "unique_requests", "hits", "demand_loads", "loads", "bytes_h2d", "prefetch_issued",
               "prefetch_used", "prefetch_wasted", "layer_steps")
 _NO_BASELINE = pytest.StashKey[str]()
-THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+_GEOMEAN = pytest.StashKey[tuple]()
+CPU_TIMER = "time.process_time"
+SLOWDOWN_ENV = "ARTIFACT_BENCH_SLOWDOWN"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A deliberate slowdown (to check that the compare catches one)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _slowdown() -> float:
+    raw = os.environ.get(SLOWDOWN_ENV, "")
+    if not raw:
+        return 1.0
+    try:
+        factor = float(raw)
+    except ValueError:
+        raise pytest.UsageError(f"{SLOWDOWN_ENV}={raw!r}: not a number (e.g. 1.25 for 25% slower)") from None
+    if not 1.0 <= factor <= 10.0:
+        raise pytest.UsageError(f"{SLOWDOWN_ENV}={raw!r}: must be between 1 and 10")
+    return factor
+
+
+def _slowed(fn, extra: float, depth: list):
+    @functools.wraps(fn)
+    def slowed(*args, **kwargs):
+        depth[0] += 1
+        t0 = time.process_time()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            depth[0] -= 1
+            if depth[0] == 0:  # the outermost call burns for its nested ones too
+                end = time.process_time() + (time.process_time() - t0) * extra
+                while time.process_time() < end:
+                    pass
+
+    return slowed
+
+
+def _install_slowdown(factor: float) -> None:
+    """Replace the planner's and the simulator's entry points, wherever a loaded ``artifact`` module bound them."""
+    import artifact.planner
+    import artifact.runtime.simulator
+
+    depth = [0]
+    originals = {artifact.planner.plan: None, artifact.runtime.simulator.simulate: None}
+    for fn in originals:
+        originals[fn] = _slowed(fn, factor - 1.0, depth)
+    for name, mod in list(sys.modules.items()):
+        if name == "artifact" or name.startswith("artifact."):
+            for attr, val in list(vars(mod).items()):
+                if callable(val) and val in originals:
+                    setattr(mod, attr, originals[val])
+
+
+SLOWDOWN = _slowdown()
+if SLOWDOWN != 1.0:
+    _install_slowdown(SLOWDOWN)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Storage and the no-baseline case
 # --------------------------------------------------------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--geomean-fail", default=None, metavar="PCT",
+                     help="with --benchmark-compare: fail when the geometric mean over the compared cases of (this "
+                          "run's minimum / the baseline's) exceeds 1 + PCT/100, e.g. 10%% (benchmarks/conftest.py)")
+
+
+def _geomean_threshold(config: pytest.Config) -> float | None:
+    raw = config.getoption("geomean_fail", None)
+    if raw is None:
+        return None
+    try:
+        pct = float(str(raw).rstrip("%"))
+    except ValueError:
+        raise pytest.UsageError(f"--geomean-fail={raw!r}: a percentage, e.g. 10%") from None
+    if pct <= 0:
+        raise pytest.UsageError(f"--geomean-fail={raw!r}: must be positive")
+    return pct
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -47,6 +155,10 @@ def pytest_configure(config: pytest.Config) -> None:
         return  # pytest-benchmark not loaded (-p no:benchmark)
     if config.option.benchmark_storage == PLUGIN_DEFAULT_STORAGE:
         config.option.benchmark_storage = f"file://{STORAGE}"
+    given = " ".join(str(a) for a in config.invocation_params.args)
+    if "--benchmark-timer" not in given:
+        config.option.benchmark_timer = CPU_TIMER  # the process's CPU time (see the module docstring)
+    config.option.benchmark_disable_gc = True
     compare = config.option.benchmark_compare
     if not compare:
         return
@@ -95,8 +207,16 @@ def _missing_baseline(storage_uri: str, compare) -> str | None:
 def pytest_sessionstart(session: pytest.Session) -> None:
     msg = session.config.stash.get(_NO_BASELINE, None)
     tr = session.config.pluginmanager.get_plugin("terminalreporter")
-    if msg and tr is not None:
+    if tr is None:
+        return
+    if msg:
         tr.write_line(f"NOTE {msg}", yellow=True, bold=True)
+    if SLOWDOWN != 1.0:
+        tr.write_line(f"NOTE {SLOWDOWN_ENV}={SLOWDOWN:g}: planning and simulating are made {SLOWDOWN:g}x slower on "
+                      "purpose (a regression the compare must catch)", yellow=True, bold=True)
+    if _CAPS_LATE:
+        tr.write_line(f"NOTE {', '.join(_CAPS_LATE)} loaded before benchmarks/conftest.py set the thread caps: set "
+                      f"{' '.join(v + '=1' for v in THREAD_ENV)} in the environment", yellow=True, bold=True)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -138,6 +258,14 @@ def pytest_benchmark_update_machine_info(config, machine_info: dict) -> None:
         machine_info["nvidia_smi"] = smi
 
 
+def pytest_benchmark_update_json(config, benchmarks, output_json: dict) -> None:
+    """A deliberately slowed run says so in its saved file (not in machine_info: a machine_info that differs from
+    the baseline's makes pytest-benchmark 5.2 crash formatting its warning when the storage is outside the working
+    directory)."""
+    if SLOWDOWN != 1.0:
+        output_json["bench_slowdown"] = SLOWDOWN
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Decision changes next to the time comparison
 # --------------------------------------------------------------------------------------------------------------
@@ -156,16 +284,49 @@ def _count_changes(old: dict, new: dict) -> list[str]:
     return out
 
 
+def _baseline(bs) -> dict:
+    out = {}
+    for _path, benches in bs.compared_mapping.items():
+        out.update(benches)
+    return out
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
+    """--geomean-fail: the geometric mean over the compared cases of (this run's minimum / the baseline's); a run
+    whose mean exceeds the threshold fails (exit status 1), whatever each case did."""
+    config = session.config
+    pct = _geomean_threshold(config)
+    bs = getattr(config, "_benchmarksession", None)
+    if pct is None or bs is None or not getattr(bs, "compared_mapping", None):
+        return
+    old = _baseline(bs)
+    logs = [math.log(b.stats.min / old[b.fullname]["stats"]["min"]) for b in bs.benchmarks
+            if b and b.fullname in old and old[b.fullname]["stats"]["min"] > 0 and b.stats.min > 0]
+    if not logs:
+        return
+    ratio = math.exp(math.fsum(logs) / len(logs))
+    failed = ratio > 1 + pct / 100
+    config.stash[_GEOMEAN] = (ratio, len(logs), pct, failed)
+    if failed and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     """With --benchmark-compare, list every case whose counts (loads, hits, bytes, ...) differ from the baseline's:
-    pytest-benchmark compares times only, and a change in what the plan decided explains a change in time."""
+    pytest-benchmark compares times only, and a change in what the plan decided explains a change in time. With
+    --geomean-fail, say where the suite's mean stands."""
     bs = getattr(config, "_benchmarksession", None)
     mapping = getattr(bs, "compared_mapping", None)
     if not mapping:
         return
-    baseline = {}
-    for _path, benches in mapping.items():
-        baseline.update(benches)
+    gm = config.stash.get(_GEOMEAN, None)
+    if gm is not None:
+        ratio, n, pct, failed = gm
+        terminalreporter.write_sep("-", "suite against the baseline", bold=True)
+        terminalreporter.write_line(
+            f"geometric mean of (minimum / baseline minimum) over {n} cases: {100 * (ratio - 1):+.1f}% "
+            f"(fails above +{pct:g}%){': REGRESSION' if failed else ''}", red=failed, green=not failed, bold=failed)
+    baseline = _baseline(bs)
     changes = []
     for bench in bs.benchmarks:
         old = baseline.get(bench.fullname)

@@ -398,7 +398,7 @@ def test_every_strategy_through_engine(protocol):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_calibrate_cpu_quick_round_trip(tmp_path):
+def test_calibrate_cpu_quick_round_trip(tmp_path, one_thread):
     from artifact.measure.calibrate import calibrate
     from artifact.runtime.hardware import load_profile
 
@@ -415,6 +415,69 @@ def test_calibrate_cpu_quick_round_trip(tmp_path):
     back = load_profile(str(out))
     assert back.to_json() == json.loads(json.dumps(prof.to_json()))
     assert float(back.ffn_ms("tiny", 8)) > 0
+
+
+@pytest.fixture
+def one_thread():
+    """Calibration on the CPU with one intra-op thread: on a busy 2-core machine two OpenMP threads spin."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_copy_line_is_exact_and_order_free():
+    from artifact.runtime.hardware import copy_line
+
+    table = [(1_000_000, 0.025), (4_000_000, 0.085), (16_000_000, 0.325), (64_000_000, 1.285)]  # 5 us + n / 50 GB/s
+    lat, slope = copy_line(table)
+    assert lat == pytest.approx(0.005, abs=1e-15) and slope == pytest.approx(2e-8, rel=1e-15)
+    assert copy_line(table[::-1]) == (lat, slope)  # exactly rounded sums: no order effect
+    noisy = [(n, ms * (1 + 0.01 * (-1) ** i)) for i, (n, ms) in enumerate(table)]
+    s_np, i_np = np.polyfit([n for n, _ in noisy], [ms for _, ms in noisy], 1)
+    got = copy_line(noisy)
+    assert got[1] == pytest.approx(s_np, rel=1e-9) and got[0] == pytest.approx(max(i_np, 0.0), rel=1e-9)
+    with pytest.raises(ValueError, match="two sizes"):
+        copy_line([(5, 1.0), (5, 2.0)])
+
+
+def test_calibrate_twice_fits_alike_and_records_spread(one_thread):
+    """Two quick CPU calibrations: the fitted figures are the same function of the measured tables (exact, so a
+    profile read back fits the same), both carry the spread of every figure family, and the comparison holds every
+    fitted figure of one against the other's."""
+    from artifact.measure.compare import compare_profiles, report
+    from artifact.runtime.hardware import HardwareProfile, copy_line
+
+    m = tiny("swiglu", 2)
+    a, b = (calibrate_cpu(m) for _ in range(2))
+    for p in (a, b):
+        assert p._copy_fit == copy_line(p.copy_table) == HardwareProfile.from_json(p.to_json())._copy_fit
+        spread = p.extra["copy_spread"]
+        assert set(spread) == {str(n) for n, _ in p.copy_table}
+        for sp in spread.values():
+            assert {"n", "median", "iqr_rel", "ci95_rel", "rounds", "copies_per_burst", "converged"} <= set(sp)
+            assert sp["n"] == sp["rounds"] >= 3
+        grid = p.compute_tables["tiny"]
+        cs = p.extra["compute_spread"]["tiny"]
+        assert np.asarray(cs["iqr_rel"]).shape == np.asarray(grid["ms"]).shape
+        assert {"iqr_rel_median", "iqr_rel_max", "retimed", "repeats"} <= set(cs)
+        assert p.extra["host_issue_mode"] == "eager" and set(p.extra["host_issue_us_by_mode"]) == {"eager"}
+        fit = p.extra["host_issue_fit"]
+        assert {"iqr_rel_median", "iqr_rel_max", "ci95_rel_max", "repeats"} <= set(fit["spread"])
+        assert all(r["iqr_rel"] is not None for r in fit["runs"])
+    diffs = compare_profiles(a, b)
+    fitted = {d.figure for d in diffs if d.fitted}
+    assert {"bandwidth (GB/s)", "latency (ms)"} <= fitted
+    assert {f"{n} B (ms)" for n, _ in a.copy_table} <= fitted
+    assert {f"eager {k}" for k in a.host_issue_us} <= fitted
+    _, ok = report(compare_profiles(a, a), 0.0)
+    assert ok and all(d.rel == 0.0 for d in compare_profiles(a, a))
+
+
+def calibrate_cpu(model):
+    from artifact.measure.calibrate import calibrate
+
+    return calibrate(device="cpu", quick=True, models=[model])
 
 
 def test_gpu_checks_quick_cpu(tmp_path):

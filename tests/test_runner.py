@@ -100,3 +100,68 @@ def test_not_a_grid_csv(tmp_path):
     (tmp_path / "t.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match=r"t\.csv: field 'point_id' missing"):
         run_grid(_grid(), tmp_path, HW, jobs=1, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Progress by expected cost, tasks split for the pool, strict JSON, the engine's mode in its rows
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_progress_counts_expected_cost_and_tasks_split_cleanly():
+    from collections import OrderedDict
+
+    from artifact.experiments.grids import sim_grid
+    from artifact.experiments.runner import _split_tasks, point_cost
+    from artifact.planner import strategies
+
+    g = sim_grid(quick=True)
+    costs = {p.point_id: point_cost(p) for p in g.points}
+    assert all(c > 0 for c in costs.values())
+    by = {(p.strategy, p.batch, p.protocol): costs[p.point_id] for p in g.points}
+    for s in strategies():  # more tokens cost more; per_item costs more unless the strategy dedups anyway
+        assert by[(s, 64, "batched")] > by[(s, 1, "batched")]
+        if (s, 64, "per_item") in by and not strategies()[s].batch_aware:
+            assert by[(s, 64, "per_item")] > by[(s, 64, "batched")]
+    groups: OrderedDict = OrderedDict()
+    for p in g.points:
+        groups.setdefault(p.task_key, []).append(p)
+    tasks = _split_tasks(groups, n_jobs=2)
+    assert len(tasks) > len(groups)  # the big groups were split
+    seen = [p.point_id for t in tasks.values() for p in t]
+    assert sorted(seen) == sorted(p.point_id for p in g.points)  # every point once
+    for t in tasks.values():
+        names = {p.strategy for p in t}
+        assert len({p.task_key for p in t}) == 1
+        if "oracle" in names:  # the oracle reuses belady's plan: they share a task
+            assert "belady" in names
+    assert _split_tasks(groups, n_jobs=1).keys() == {(k, 0) for k in groups}  # one process: nothing to balance
+
+
+def test_json_files_are_strict(tmp_path):
+    import json
+
+    from artifact.experiments.runner import read_timelines, write_timelines
+
+    path = tmp_path / "timelines.json"
+    write_timelines(path, {"p": {"step_ms": float("nan"), "loads": {"end_ms": [1.0, float("inf")]}}})
+    text = path.read_text()
+
+    def refuse(token):
+        raise AssertionError(f"non-strict JSON token {token}")
+
+    doc = json.loads(text, parse_constant=refuse)
+    assert doc["points"]["p"]["step_ms"] is None and doc["points"]["p"]["loads"]["end_ms"] == [1.0, None]
+    assert set(doc["null_reasons"]) == {"$.points.p.step_ms", "$.points.p.loads.end_ms[1]"}
+    assert read_timelines(path)["p"]["step_ms"] is None
+
+
+def test_engine_rows_record_the_engine_mode(tmp_path):
+    from artifact.experiments.grids import SWITCH_MINI
+
+    pts = tuple(Point("t", "switch-base-128", WS, 2, 32, "batched", s, 2, "engine", 1, SWITCH_MINI)
+                for s in ("on_demand", "gpu_only"))
+    rows = read_rows(run_grid(Grid("t", ("E5",), pts), tmp_path, HW, jobs=1, device="cpu", progress=False))
+    assert [r["engine_mode"] for r in rows] == ["eager", "eager"]  # no CUDA graph on the CPU
+    eager = read_rows(run_grid(Grid("u", ("E5",), pts), tmp_path, HW, jobs=1, device="cpu", progress=False,
+                               engine_graph=False))
+    assert [r["engine_mode"] for r in eager] == ["eager", "eager"]

@@ -5,6 +5,7 @@ streams, events for every dependency).
 - ``kernels``: the NON-MoE stand-in and the expert FFN of a COMPUTE (``loop`` and ``grouped`` paths);
 - ``prepare``: the plan checked against the workload, and every tensor a run needs built before timing;
 - ``executor``: :class:`OffloadEngine`, the issue loop, its streams and events, and what a run returns;
+- ``graph``: graph mode, the plan's issue sequence captured once into a CUDA graph and replayed (``run(graph=...)``);
 - ``reference``: the same math with every expert resident and no plan (:func:`dense_reference`).
 """
 

@@ -23,6 +23,11 @@ Execution (host issue order of plan.py)
     counts (``copies_issued``, ``bytes_copied``, ``computes_issued``, ``uses_issued``), so a test can hold them
     against the plan and the simulator rather than the plan against itself.
 
+Graph mode (``run(..., graph=True)`` or ``"auto"``, :mod:`artifact.engine.graph`): on CUDA the lean issue loop is
+captured once per prepared plan into a CUDA graph (copies become memcpy nodes, events become edges between the copy
+and compute branches) and replayed per repeat, so the host's issue cost per layer-step tends to zero; the eager loop
+stays the reference and the CPU path. ``info["engine_mode"]`` records which ran.
+
 On the CPU the same code runs synchronously: streams and events become no-ops (``_HostStream``), timestamps are
 ``perf_counter`` readings around each op (``_HostStamp``), so CI tests the engine end to end.
 """
@@ -39,6 +44,7 @@ import torch
 from artifact.core.plan import Plan
 from artifact.core.timeline import Timeline
 from artifact.core.workload import Workload
+from artifact.engine.graph import FAILED_KEY, GRAPH_KEY, CapturedPlan, capture_plan, graph_refusal, release_graph
 from artifact.engine.kernels import ExpertKernels, grouped_mm_supported
 from artifact.engine.prepare import PreparedRun, prepare_run
 from artifact.engine.weights import ExpertWeights, expert_numel, shape_difference, torch_dtype
@@ -166,7 +172,9 @@ class OffloadEngine:
             return hit
         prep = prepare_run(self, plan, workload, inputs, check)
         self._load_resident(plan)
-        self._prepared = {key: prep}  # one plan at a time keeps device memory bounded
+        for old in self._prepared.values():  # one plan (and its CUDA graph) at a time keeps device memory bounded
+            release_graph(old)
+        self._prepared = {key: prep}
         return prep
 
     def _load_resident(self, plan: Plan) -> None:
@@ -315,32 +323,53 @@ class OffloadEngine:
         self._sync()
 
     def run(self, plan: Plan, workload: Workload, repeats: int = 1, warmup: int = 1, timeline: bool = True,
-            inputs: torch.Tensor | None = None, check: bool = True) -> tuple[torch.Tensor, Timeline]:
+            inputs: torch.Tensor | None = None, check: bool = True,
+            graph: bool | str = False) -> tuple[torch.Tensor, Timeline]:
         """Execute ``plan`` ``warmup + repeats`` times; time the ``repeats``.
 
         Returns the final hidden state of every token the plan covers (float32, CPU, ``[T, D]``) and the timeline of
         the median repeat (by wall time). ``timeline=False`` records only the events dependencies need (lean runs:
         the Timeline's per-operation arrays are NaN, its figures and the busy and stall times in ``info`` are None:
         not measured). ``check`` runs :func:`check_plan` and the coverage checks.
+
+        ``graph``: ``False`` issues every operation from Python (eager: the reference, and the CPU path); ``True``
+        captures the plan once into a CUDA graph and replays it per repeat (:mod:`artifact.engine.graph`: CUDA, a
+        pinned slab and ``timeline=False`` only, else ``ValueError``); ``"auto"`` replays a graph where one can run
+        and runs eagerly elsewhere. ``info["engine_mode"]`` says which ran, ``info["graph_fallback"]`` why not a
+        graph (None when it was one, or when eager was asked for).
         """
         if repeats < 1 or warmup < 0:
             raise ValueError(f"engine: repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+        if graph not in (False, True, "auto"):
+            raise ValueError(f"engine: graph must be False, True or 'auto', got {graph!r}")
         prep = self.prepare(plan, workload, inputs, check)
         prog = self._program(prep, timeline)
+        why = graph_refusal(self, timeline) if graph else None
+        if graph is True and why:
+            raise ValueError(f"engine: graph mode: {why}")
         walls, issues, stamps, counts = [], [], [], []
         prev_stream = torch.cuda.current_stream(self.device) if self.cuda else None
+        captured: CapturedPlan | None = None
         try:
             if self.cuda:
                 torch.cuda.set_stream(self.compute_stream)
+            if graph and why is None:
+                captured, why, fresh = self._graph(prep, prog, strict=graph is True)
+                if fresh:
+                    warmup = max(warmup, 1)  # the first replay uploads the graph
             for i in range(warmup + repeats):
                 self._reset(prep)
                 if i == warmup and self.cuda:
                     torch.cuda.reset_peak_memory_stats(self.device)
                 with torch.inference_mode():
                     t0 = time.perf_counter()
-                    if prog.origin is not None:
-                        prog.origin.record(self.compute_stream)
-                    issued = self._issue(prep, prog)
+                    if captured is not None:
+                        captured.graph.replay()
+                        issued = captured.counts
+                    else:
+                        if prog.origin is not None:
+                            prog.origin.record(self.compute_stream)
+                        issued = self._issue(prep, prog)
                     t1 = time.perf_counter()
                     self._sync()
                     t2 = time.perf_counter()
@@ -355,7 +384,8 @@ class OffloadEngine:
                 torch.cuda.set_stream(prev_stream)
         med = statistics.median(walls)
         pick = int(np.argmin([abs(w - med) for w in walls]))
-        info = self._info(prep, walls, issues, counts[pick], warmup, timeline)
+        info = self._info(prep, walls, issues, counts[pick], warmup, timeline, captured)
+        info["graph_fallback"] = why if graph else None
         if timeline:
             arrays = stamps[pick]
         else:
@@ -375,6 +405,30 @@ class OffloadEngine:
             info["copy_busy_ms"] = info["compute_busy_ms"] = info["stall_ms"] = None  # not measured
         outputs = prep.out.float().cpu()
         return outputs, tl
+
+    def _graph(self, prep: PreparedRun, prog: _Program, strict: bool) -> tuple[CapturedPlan | None, str | None, bool]:
+        """``prep``'s CUDA graph, captured on first use after one eager pass: ``(graph or None, why none, fresh)``.
+        A capture that fails raises when ``strict``; else the run falls back to eager, with the reason."""
+        captured = prep.programs.get(GRAPH_KEY)
+        if captured is not None:
+            return captured, None, False
+        if FAILED_KEY in prep.programs:
+            return None, prep.programs[FAILED_KEY], False
+        self._reset(prep)
+        with torch.inference_mode():
+            self._issue(prep, prog)  # lazy initialisation (cuBLAS handles, workspaces) outside the capture
+        self._sync()
+        try:
+            captured = capture_plan(self, prep, prog, self._issue)
+        except RuntimeError as exc:
+            if strict:
+                raise
+            torch.cuda.synchronize(self.device)
+            why = f"capture failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            prep.programs[FAILED_KEY] = why
+            return None, why, False
+        prep.programs[GRAPH_KEY] = captured
+        return captured, None, True
 
     def _read_timeline(self, prep: PreparedRun, prog: _Program) -> tuple:
         o = prog.origin
@@ -404,12 +458,15 @@ class OffloadEngine:
         return np.diff(np.concatenate([[0.0], ends])).tolist()
 
     def _info(self, prep: PreparedRun, walls: list, issues: list, issued: IssueCounts, warmup: int,
-              timeline: bool) -> dict:
+              timeline: bool, captured: CapturedPlan | None = None) -> dict:
         plan = prep.plan
         med = statistics.median(walls)
         if self.cuda:
             peak = int(torch.cuda.max_memory_allocated(self.device))
             peak_src = "torch.cuda.max_memory_allocated"
+            if captured is not None:  # a replay allocates nothing: its temporaries live in the graph's pool
+                peak += captured.pool_bytes
+                peak_src += " + the CUDA graph's private pool (reserved: an upper bound)"
         else:
             k = self.kernels
             own = [self.slab, self.wn_t, prep.out, prep.x, prep.inputs, k.xin] + \
@@ -421,6 +478,10 @@ class OffloadEngine:
             "wall_ms_repeats": list(walls),
             "wall_ms_per_step": med / max(plan.steps, 1),
             "issue_ms": statistics.median(issues),
+            "issue_ms_repeats": list(issues),
+            # "graph": one CUDA graph replay per repeat (issue_ms = host time of the launch); "eager": the issue loop
+            "engine_mode": "graph" if captured is not None else "eager",
+            "graph_capture_ms": captured.capture_ms if captured is not None else None,
             "repeats": len(walls),
             "warmup": warmup,
             "timeline": timeline,

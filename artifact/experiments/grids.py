@@ -167,14 +167,15 @@ SENSITIVITY_LOCALITY = (0.0, 0.1, 0.2, 0.3, 0.4)
 SENSITIVITY_COUPLING = (0.0, 0.5, 0.85)
 SENSITIVITY_BATCHES = (1, 8, 64)
 SENSITIVITY_STEPS = 64
-# The ablation: the flagship with each component switched off in turn (variant name -> parameters).
+# The ablation: the flagship with each component switched off in turn, and the one optional component (the learned
+# co-occurrence forecast, off by default) switched on (variant name -> parameters).
 ABLATION = {
     "": (),
     "no_adaptive": (("adaptive", False),),
     "no_distance": (("distance", False),),
     "no_frequency": (("frequency", False),),
     "no_prefetch": (("prefetch", False),),
-    "no_cooccurrence": (("cooccurrence", False),),
+    "with_cooccurrence": (("cooccurrence", True),),
     "no_lookahead": (("lookahead", False),),
     "no_hardware_window": (("hardware_window", False),),
 }

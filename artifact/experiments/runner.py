@@ -3,8 +3,15 @@
 ``run_grid(grid, out_dir)`` reads ``out_dir/<grid>.csv`` if it exists, skips every point already there, runs the
 rest grouped into tasks (one workload, one cache size, one protocol: the request tables and the plans the oracle
 reuses are shared), and rewrites the file atomically after every finished task, so a stopped run loses at most the
-task in flight and the next run finishes the rest. Simulator tasks run in parallel processes; engine tasks run one
-after another in this process (one GPU). Progress goes to stderr.
+tasks in flight and the next run finishes the rest. Simulator tasks run in parallel processes; engine tasks run one
+after another in this process (one GPU), as CUDA-graph replays unless ``engine_graph=False`` (``--eager``).
+
+Progress goes to stderr, measured in expected cost (:func:`point_cost`: batch x steps x layers x a per-strategy
+factor measured on a 2-core machine), not in runs, so the remaining time it shows holds from the start.
+
+Stopping (SIGTERM or Ctrl-C): the runner finishes writing the file it is writing, cancels the pending tasks, ends
+its worker processes (which also end on their own when the runner dies: each watches its parent), keeps every
+finished row and exits with status 128 + the signal's number (:class:`GridStopped`); the next run resumes.
 
 Beside the CSV the runner keeps ``out_dir/timelines.json``: for each point whose grid asks for it
 (``Point.timeline_step``), one decode step's timeline as the simulator timed the point's plan (see
@@ -15,21 +22,25 @@ Engine rows also carry the simulator's decision counts for the same configuratio
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import io
 import json
 import math
 import os
+import signal
 import sys
+import threading
+import time
 from collections import OrderedDict
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from artifact.atomicfile import atomic_write_text
+from artifact.atomicfile import atomic_write_json, atomic_write_text
 from artifact.core.errors import Unrunnable
 from artifact.core.requests import build_requests
 from artifact.experiments.grids import Grid, Point
@@ -42,6 +53,153 @@ from artifact.runtime.simulator import simulate
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TIMELINES_FILE = "timelines.json"
 REFUSED = "refused: "  # the start of a refusal row's note
+
+# --------------------------------------------------------------------------------------------------------------
+# Expected cost of a run (what the progress bar counts)
+# --------------------------------------------------------------------------------------------------------------
+
+# Planning + simulating one layer-step of B tokens routed to k experts each costs about BASE + PER_TOKEN * B * k
+# microseconds of one core, per strategy: fitted (least squares on relative error) to the minimum CPU time of
+# plan+simulate of the grids' switch-base-128 workload (64 steps, batch 1..64, cache 128) on a 2-core x86 VM (AMD
+# EPYC, thread caps 1, `python -m pytest benchmarks`), 2026-11-30. Only ratios matter: the bar's remaining time
+# comes from the measured rate. Under `per_item` a strategy that is not batch-aware serves each item as its own
+# stream: about B times its batch-1 cost (measured 5.4-5.8x at B=8, 24-27x at B=64 for on_demand and belady).
+SIM_COST_US = {
+    "on_demand": (28, 0.6), "prefetch_all": (112, 0.4), "pregated": (64, 0.8), "pregated_proxy": (68, 1.2),
+    "expertflow": (70, 1.3), "mixtral_offloading": (68, 2.2), "moe_infinity": (38, 0.8), "topk": (67, 0.8),
+    "multi_lookahead": (134, 5.0), "intelligent_dedup": (147, 2.7), "belady": (27, 0.6), "oracle": (180, 4.7),
+    "gpu_only": (12, 0.1), "lfu": (32, 0.7), "lfru": (30, 2.4), "arc": (22, 23.8), "s3fifo": (24, 10.6),
+}
+SIM_COST_DEFAULT_US = (70, 3.0)  # a strategy not in the table
+# Engine points: per layer-step and repeat (warm-up and the CUDA-graph capture count as repeats), plus the
+# simulator run the row carries beside it. Copy-heavy strategies move many experts per layer-step.
+ENGINE_COST_US = {"prefetch_all": 20000, "gpu_only": 150}
+ENGINE_COST_DEFAULT_US = 1500
+
+
+def point_cost(p: Point) -> float:
+    """Expected cost of one run, in microseconds of the reference machine (only ratios matter)."""
+    layers, top_k = _shape(p.model)
+    if p.engine_model is not None:
+        layers = p.engine_model.moe_layers
+    base, per_token = SIM_COST_US.get(p.strategy, SIM_COST_DEFAULT_US)
+    if p.protocol == "per_item" and not _batch_aware(p.strategy):
+        sim = p.steps * layers * p.batch * (base + per_token * top_k)
+    else:
+        sim = p.steps * layers * (base + per_token * p.batch * top_k)
+    if p.executor != "engine":
+        return float(sim)
+    per = ENGINE_COST_US.get(p.strategy, ENGINE_COST_DEFAULT_US) * (1 + p.batch / 64)
+    return float(sim + p.steps * layers * per * (p.repeats + 2))
+
+
+@functools.lru_cache(maxsize=64)
+def _batch_aware(strategy: str) -> bool:
+    from artifact.planner import strategies
+
+    info = strategies().get(strategy)
+    return bool(info is not None and info.batch_aware)
+
+
+@functools.lru_cache(maxsize=64)
+def _shape(model: str) -> tuple[int, int]:
+    """(MoE layers, top-k) of a preset; a model that is no preset (a trace's own) counts as switch-base-128's."""
+    from artifact.models import PRESETS
+
+    spec = PRESETS.get(model)
+    return (spec.moe_layers, spec.top_k) if spec is not None else (12, 1)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Stopping: SIGTERM and Ctrl-C end the workers and keep every finished row
+# --------------------------------------------------------------------------------------------------------------
+
+
+class GridStopped(SystemExit):
+    """The grid was stopped by a signal; every finished row is on disk. Exit status 128 + the signal's number."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+        self.message = message
+
+
+class _Interrupted(BaseException):
+    """Raised by the signal handler in the runner's main thread (not an Exception: nothing may swallow it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _StopOnSignal:
+    """SIGTERM and SIGINT handlers for the runner's main thread. While a results file is being written (``hold``),
+    a signal is remembered and raised when the write is done, so a file is never left half-replaced."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.pending: int | None = None
+        self.holding = 0
+        self.previous: dict = {}
+
+    def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self.previous.items():
+            signal.signal(sig, old)
+        self.previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.pending = signum
+        if not self.holding:
+            raise _Interrupted(signum)
+
+    @contextlib.contextmanager
+    def hold(self):
+        self.holding += 1
+        try:
+            yield
+        finally:
+            self.holding -= 1
+        if not self.holding and self.pending is not None:
+            raise _Interrupted(self.pending)
+
+
+def _worker_init(parent_hint: int) -> None:
+    """In each worker process: leave SIGINT to the runner (a Ctrl-C reaches the whole process group), die on
+    SIGTERM, and exit as soon as the runner is gone (its parent changes: killed, or crashed), so no worker runs on
+    without a parent whatever the start method."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(0.2)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+
+
+def _end_pool(pool: ProcessPoolExecutor) -> None:
+    """Cancel what has not started and end the worker processes now (SIGTERM, then SIGKILL after 3 s)."""
+    procs = list(getattr(pool, "_processes", {}).values())  # the executor has no public handle on its workers
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    deadline = time.monotonic() + 3.0
+    for proc in procs:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join(1.0)
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -121,7 +279,7 @@ def write_timelines(path: Path, points: dict[str, dict]) -> None:
     """Atomically replace ``path`` with ``points`` (sorted keys: the same timelines give the same bytes)."""
     doc = {"about": "one decode step of each point the report's timeline figure shows, as the simulator timed the "
                     "point's plan (artifact.experiments.runner.step_timeline)", "points": points}
-    atomic_write_text(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    atomic_write_json(path, doc, indent=1, sort_keys=True)
 
 
 def _base_row(p: Point, hw: HardwareProfile, env: dict) -> dict:
@@ -132,7 +290,8 @@ def _base_row(p: Point, hw: HardwareProfile, env: dict) -> dict:
     return {"experiment": p.grid, "point_id": p.point_id, "model": p.model if model is None else model.name,
             "workload": p.workload.label, "trace_seed": p.workload.seed, "batch": p.batch,
             "cache_experts": p.cache_experts, "cache_fraction": p.cache_experts / spec.total_experts,
-            "protocol": p.protocol, "strategy": p.strategy, "steps": p.steps, "executor": p.executor,
+            "protocol": p.protocol, "strategy": p.strategy, "variant": p.variant, "steps": p.steps,
+            "executor": p.executor,
             "hardware": hw.name, "repeats": p.repeats, **env}
 
 
@@ -182,7 +341,8 @@ def _sim_task(points: list[Point], hardware: str | HardwareProfile, env: dict) -
     hw = load_profile(hardware) if isinstance(hardware, str) else hardware
 
     def execute(w, p, req, plans):
-        return simulate_one(w, p.strategy, p.cache_experts, p.protocol, p.workload.seed, hw, req, plans)
+        return simulate_one(w, p.strategy, p.cache_experts, p.protocol, p.workload.seed, hw, req, plans,
+                            dict(p.params))
 
     return _run_task(points, hw, env, execute)
 
@@ -190,8 +350,9 @@ def _sim_task(points: list[Point], hardware: str | HardwareProfile, env: dict) -
 class _EngineCache:
     """One engine per expert shape, sized for the largest plan (gpu_only: every expert), reused across points."""
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, graph: bool | str = "auto") -> None:
         self.device = device
+        self.graph = graph  # OffloadEngine.run's mode: "auto" replays a CUDA graph on CUDA, False is eager
         self.engines: dict = {}
 
     def get(self, model, need: int):
@@ -215,7 +376,7 @@ def _engine_task(points: list[Point], hw: HardwareProfile, env: dict,
         eng = engines.get(exec_model, exec_model.total_experts)
         metrics, plan, _ = engine_one(w, p.strategy, p.cache_experts, p.protocol, p.workload.seed, hw,
                                       device=engines.device, repeats=p.repeats, engine=eng, requests=req,
-                                      plans=plans, engine_model=p.engine_model)
+                                      plans=plans, engine_model=p.engine_model, graph=engines.graph)
         # The simulator's decisions for the same configuration, planned again as a simulator row is: the report
         # checks that the engine's are the same.
         sim, _ = simulate_one(w, p.strategy, p.cache_experts, p.protocol, p.workload.seed, hw, req, plans)
@@ -226,8 +387,12 @@ def _engine_task(points: list[Point], hw: HardwareProfile, env: dict,
 
 
 def run_grid(grid: Grid, out_dir: str | os.PathLike, hardware: str | HardwareProfile = "h200", jobs: int | None = None,
-             device: str | None = None, progress: bool = True) -> Path:
-    """Run the missing points of ``grid`` into ``out_dir/<grid.name>.csv``; returns the path."""
+             device: str | None = None, progress: bool = True, engine_graph: bool | str = "auto") -> Path:
+    """Run the missing points of ``grid`` into ``out_dir/<grid.name>.csv``; returns the path.
+
+    ``engine_graph``: the engine's mode for engine points (``"auto"``: CUDA-graph replays on CUDA; ``False``: the
+    eager issue loop). A SIGTERM or Ctrl-C raises :class:`GridStopped` after the finished rows are saved.
+    """
     path = Path(out_dir) / f"{grid.name}.csv"
     tl_path = Path(out_dir) / TIMELINES_FILE
     existing = read_rows(path)
@@ -245,45 +410,104 @@ def run_grid(grid: Grid, out_dir: str | os.PathLike, hardware: str | HardwarePro
         if progress:
             print(f"{grid.name}: all {len(grid.points)} runs already in {path}", file=sys.stderr)
         return path
-    tasks: OrderedDict = OrderedDict()
+    groups: OrderedDict = OrderedDict()
     for p in todo:
-        tasks.setdefault(p.task_key, []).append(p)
-    bar = tqdm(total=len(todo), desc=f"{grid.name} ({len(done)} of {len(grid.points)} done before)", unit="run",
-               disable=not progress, file=sys.stderr, dynamic_ncols=True)
+        groups.setdefault(p.task_key, []).append(p)
+    n_sim = sum(1 for t in groups.values() if t[0].executor == "simulator")
+    n_jobs = jobs if jobs is not None else max(1, min(n_sim, os.cpu_count() or 1))
+    tasks = _split_tasks(groups, n_jobs)
+    cost = {k: sum(point_cost(p) for p in t) for k, t in tasks.items()}
+    runs_done = [0]
+    before = f"{len(done)} of {len(grid.points)} done before"
+    bar = tqdm(total=sum(cost.values()), desc=f"{grid.name}: 0/{len(todo)} runs ({before})", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True,
+               bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
     order = {p.point_id: i for i, p in enumerate(grid.points)}
 
-    def finish(result: tuple[list[dict], dict]) -> None:
+    def finish(key, result: tuple[list[dict], dict]) -> None:
         new_rows, new_timelines = result
-        if new_timelines:  # before the CSV: a row on disk then has its timeline on disk
-            timelines.update(new_timelines)
-            write_timelines(tl_path, timelines)
-        new_ids = {r["point_id"] for r in new_rows}
-        rows[:] = [r for r in rows if r["point_id"] not in new_ids] + new_rows
-        rows.sort(key=lambda r: order.get(r["point_id"], len(order)))
-        write_rows(path, rows)
-        bar.update(len(new_rows))
+        with stop.hold():  # a signal now waits until both files are whole
+            if new_timelines:  # before the CSV: a row on disk then has its timeline on disk
+                timelines.update(new_timelines)
+                write_timelines(tl_path, timelines)
+            new_ids = {r["point_id"] for r in new_rows}
+            rows[:] = [r for r in rows if r["point_id"] not in new_ids] + new_rows
+            rows.sort(key=lambda r: order.get(r["point_id"], len(order)))
+            write_rows(path, rows)
+        runs_done[0] += len(new_rows)
+        bar.set_description_str(f"{grid.name}: {runs_done[0]}/{len(todo)} runs ({before})", refresh=False)
+        bar.update(cost[key])  # the bar advances by what the task was expected to cost: the ETA holds from the start
 
-    engine_tasks = [t for t in tasks.values() if t[0].executor == "engine"]
-    # Longest first (planning grows with batch and steps; per_item serves items one by one), so the worker pool
-    # does not end waiting on one big task.
-    sim_tasks = sorted((t for t in tasks.values() if t[0].executor == "simulator"),
-                       key=lambda t: -(t[0].batch * t[0].steps * (8 if t[0].protocol == "per_item" else 1)))
-    n_jobs = jobs if jobs is not None else max(1, min(len(sim_tasks), os.cpu_count() or 1))
-    if sim_tasks:
-        if n_jobs > 1:
-            with ProcessPoolExecutor(max_workers=n_jobs) as pool:
-                futs = [pool.submit(_sim_task, t, hw, env) for t in sim_tasks]
-                for f in as_completed(futs):
-                    finish(f.result())
-        else:
-            for t in sim_tasks:
-                finish(_sim_task(t, hw, env))
-    if engine_tasks:
-        import torch
+    engine_tasks = [(k, t) for k, t in tasks.items() if t[0].executor == "engine"]
+    # Most expensive first, so the worker pool does not end waiting on one big task.
+    sim_tasks = sorted(((k, t) for k, t in tasks.items() if t[0].executor == "simulator"), key=lambda kt: -cost[kt[0]])
+    stop = _StopOnSignal()
+    try:
+        with stop:
+            if sim_tasks and n_jobs > 1:
+                _run_pool(sim_tasks, n_jobs, hw, env, finish)
+            else:
+                for k, t in sim_tasks:
+                    finish(k, _sim_task(t, hw, env))
+            if engine_tasks:
+                import torch
 
-        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        engines = _EngineCache(dev)
-        for t in engine_tasks:
-            finish(_engine_task(t, hw, env, engines))
+                dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+                engines = _EngineCache(dev, engine_graph)
+                for k, t in engine_tasks:
+                    finish(k, _engine_task(t, hw, env, engines))
+    except _Interrupted as exc:
+        bar.close()
+        name = signal.Signals(exc.signum).name
+        left = len(grid.points) - len({r["point_id"] for r in rows})
+        msg = (f"{grid.name}: stopped by {name}: {len(rows)} finished rows kept in {path}; {left} runs left. Run "
+               "the same command again to finish them.")
+        print(msg, file=sys.stderr, flush=True)
+        raise GridStopped(exc.signum, msg) from None
     bar.close()
     return path
+
+
+def _split_tasks(groups: OrderedDict, n_jobs: int) -> OrderedDict:
+    """Tasks of at most about 1/(4 n_jobs) of the simulator's expected cost each: a group of points sharing a
+    workload is split into chunks (``belady`` and ``oracle`` stay together: the oracle reuses belady's plan), so
+    the pool's processes stay busy to the end and the bar advances often. Engine groups stay whole."""
+    sim_total = sum(point_cost(p) for t in groups.values() if t[0].executor == "simulator" for p in t)
+    target = sim_total / (4 * max(n_jobs, 1)) if n_jobs > 1 else float("inf")
+    out: OrderedDict = OrderedDict()
+    for key, pts in groups.items():
+        if pts[0].executor != "simulator" or sum(point_cost(p) for p in pts) <= target:
+            out[(key, 0)] = pts
+            continue
+        units, pair = [], [p for p in pts if p.strategy in ("belady", "oracle")]
+        for p in pts:
+            if p.strategy not in ("belady", "oracle"):
+                units.append([p])
+            elif p is pair[0]:
+                units.append(pair)
+        chunk, chunk_cost, i = [], 0.0, 0
+        for u in units:
+            c = sum(point_cost(p) for p in u)
+            if chunk and chunk_cost + c > target:
+                out[(key, i)] = chunk
+                chunk, chunk_cost, i = [], 0.0, i + 1
+            chunk, chunk_cost = chunk + u, chunk_cost + c
+        out[(key, i)] = chunk
+    return out
+
+
+def _run_pool(sim_tasks: list, n_jobs: int, hw: HardwareProfile, env: dict, finish) -> None:
+    """Simulator tasks in ``n_jobs`` worker processes; every way out (done, error, signal) ends the workers."""
+    pool = ProcessPoolExecutor(max_workers=n_jobs, initializer=_worker_init, initargs=(os.getpid(),))
+    try:
+        futs = {pool.submit(_sim_task, t, hw, env): k for k, t in sim_tasks}
+        pending = set(futs)
+        while pending:
+            # A bounded wait, so a signal is handled within a second even where a blocked wait would defer it.
+            finished, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+            for f in finished:
+                finish(futs[f], f.result())
+    except BaseException:
+        _end_pool(pool)
+        raise
+    pool.shutdown(wait=True)

@@ -2,31 +2,39 @@
 
 What is measured, and how (the simulator times plans from exactly these tables):
 
-- **Pinned H2D copies** against size: one pinned host buffer (allocated like the engine's slab, in one piece) and one
-  device buffer; each size is copied ``repeats`` times back to back on a dedicated copy stream, every copy between
-  its own pair of CUDA events; the table holds the median ms. ``extra["copy_gbps"]`` keeps the GB/s per size.
+- **Pinned H2D copies** (:mod:`artifact.measure.copies`): the engine's own copy pattern (one expert at a time from a
+  slice of one pinned host slab into a slot of a device slab, on a copy stream, back to back), at the sizes of
+  ``COPY_SIZES_MB`` and at every model's expert size; sizes interleaved round-robin and rounds repeated until the
+  95% confidence half-width of every size's median is under 0.5% (capped in rounds and time). The spread reached
+  is in ``extra["copy_spread"]`` (per size), the GB/s in ``extra["copy_gbps"]``.
 - **Expert FFN** against tokens (1, 2, 4, ..., 4096) for every model preset, through the engine's own COMPUTE code
   (:class:`~artifact.engine.kernels.ExpertKernels`: gather + FFN + gate + scatter-add, on the FFN path the engine
   picks for this device and dtype) with one expert per COMPUTE. ``extra["ffn_group_tables"]`` adds the time per
-  expert when one COMPUTE runs ``group`` experts of ``t`` tokens each: on the grouped path a COMPUTE's fixed cost is
-  shared by its experts, which one-expert timings cannot show.
-- **NON-MoE stand-in** (RMSNorm + ``[d_model x d_model]`` matmul + residual add) against tokens in the step, at the
-  first model's ``d_model``; every model's table is in ``extra["nonmoe_tables"]``.
-- **Host issue costs** (``host_issue_us``): microseconds of host time per NON-MoE op, LOAD, COMPUTE and expert in
-  a COMPUTE, fitted to lean engine runs (``measure_host_issue``), whose plans come from the one scheduler
-  (:func:`artifact.planner.plan`) on the profile measured so far.
+  expert when one COMPUTE runs ``group`` experts of ``t`` tokens each.
 - **COMPUTE grid** (``compute_tables``, what the simulator times COMPUTEs with): one COMPUTE of ``n`` experts with
-  ``t`` tokens each, for ``n`` in ``GRID_EXPERTS`` (up to the model's experts) and ``t`` in ``GRID_TOKENS``.
+  ``t`` tokens each, for ``n`` in ``GRID_EXPERTS`` (up to the model's experts and the memory budget) and ``t`` in
+  ``GRID_TOKENS``. Each model's slots and activations are allocated once, for the largest group and token count it
+  needs within ``memory_budget`` bytes (a DeepSeek-V3 expert is 88 MB), and every cell runs on views of them. A
+  cell whose repeats scatter by more than 2% (IQR over median) is measured again (up to twice more) and the median
+  of its passes kept; ``extra["compute_spread"]`` records the spread per model.
+- **NON-MoE stand-in** (RMSNorm + ``[d_model x d_model]`` matmul + residual add) against tokens in the step, per
+  model (``extra["nonmoe_tables"]``; the first model's is the profile's ``nonmoe_table``).
+- **Host issue costs** (``host_issue_us``): microseconds of host time per NON-MoE op, LOAD, COMPUTE and expert in
+  a COMPUTE, fitted to lean engine runs (``measure_host_issue``), in the engine mode the grids run on this device
+  (``extra["host_issue_mode"]``: ``graph`` on CUDA, a CUDA graph replay per run, ``eager`` on the CPU); the other
+  mode's fit is in ``extra["host_issue_us_by_mode"]``, with each fit's spread in ``extra["host_issue_fit"]``.
 
 Device times are GPU times (:class:`~artifact.measure.timers.Timer`): a spin kernel (``torch.cuda._sleep``) holds
-the stream while the host queues all repeats, so the events time the kernels, not Python's launch rate. The host's
-own issue time per call is in ``extra["ffn_issue_us"]`` (what bounds a host-bound engine). On the CPU everything is
-synchronous and timed with ``perf_counter``; ``quick=True`` uses few sizes and repeats so a test can run it.
+the stream while the host queues all repeats, so the events time the kernels, not Python's launch rate. On the CPU
+everything is synchronous and timed with ``perf_counter``; ``quick=True`` uses few sizes and repeats so a test can
+run it. ``python -m artifact.measure.calibrate --compare A.json B.json`` holds two profiles against each other
+(:mod:`artifact.measure.compare`).
 """
 
 from __future__ import annotations
 
 import platform
+import statistics
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -35,13 +43,15 @@ import torch
 
 from artifact.engine.kernels import ExpertKernels, grouped_mm_supported
 from artifact.engine.weights import expert_layout, expert_numel, torch_dtype
+from artifact.measure.copies import measure_copies
 from artifact.measure.environment import device_name, driver_version, gpu_family, utc_now
-from artifact.measure.timers import Timer
+from artifact.measure.timers import Timer, spread
 from artifact.models import PRESETS, ModelSpec, get_model
 from artifact.runtime.hardware import HardwareProfile, save_profile
 
 MB = 1_000_000
-# Sizes of FACTS.md section 1 plus one bf16 Switch expert (9,437,184 B) and one fp32 (18,874,368 B).
+# Sizes of FACTS.md section 1 plus one bf16 Switch expert (9,437,184 B) and one fp32 (18,874,368 B); every model's
+# expert size is added to these.
 COPY_SIZES_MB = (1.0, 2.5, 4.0, 9.437184, 18.874368, 64.0, 128.0, 336.0)
 FFN_TOKENS = tuple(2 ** i for i in range(13))  # 1 .. 4096
 QUICK_COPY_SIZES_MB = (1.0, 4.0, 16.0)
@@ -51,78 +61,159 @@ GRID_EXPERTS = (1, 2, 4, 8, 16, 32, 64)
 GRID_TOKENS = (1, 2, 4, 8, 16, 32, 64, 256, 1024)
 QUICK_GRID_EXPERTS = (1, 2)
 QUICK_GRID_TOKENS = (1, 4)
-
-
-def _copy_buffers(max_bytes: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    pin = device.type == "cuda"
-    src = torch.empty(max_bytes, dtype=torch.uint8, pin_memory=pin)  # one pinned piece, like the engine's slab
-    src.fill_(1)  # touch every page before timing
-    dst = torch.empty(max_bytes, dtype=torch.uint8, device=device)
-    return src, dst
+MEMORY_BUDGET = 16_000_000_000  # bytes of slots + activations one model's FFN timings may hold (at most half free)
+RETIME_IQR = 0.02  # a COMPUTE-grid cell whose repeats scatter more than this is measured again
+RETIME_PASSES = 2
 
 
 def measure_copy(device: str | torch.device = "cuda", sizes_bytes: Sequence[int] = (), repeats: int = 20,
                  ) -> list[tuple[int, float]]:
-    """Median ms of one host-to-device copy (pinned source, copy stream) per size in ``sizes_bytes``."""
-    dev = torch.device(device)
+    """Median ms of one host-to-device copy per size in ``sizes_bytes`` (the engine's copy pattern, at least
+    ``repeats`` bursts per size; see :func:`~artifact.measure.copies.measure_copies`)."""
     sizes = [int(s) for s in sizes_bytes]
     if not sizes:
         raise ValueError("measure_copy: no sizes given")
-    src, dst = _copy_buffers(max(sizes), dev)
-    stream = torch.cuda.Stream(dev) if dev.type == "cuda" else None
-    timer = Timer(dev, stream)
-    out = []
-    for n in sizes:
-        s, d = src[:n], dst[:n]
-        ms, _ = timer(lambda s=s, d=d: d.copy_(s, non_blocking=True), repeats)
-        out.append((n, ms))
-    return out
+    table, _ = measure_copies(device, sizes, min_rounds=max(3, repeats), max_rounds=max(3, repeats))
+    by = dict(table)
+    return [(n, by[n]) for n in sizes]
 
 
-def _random_slots(model: ModelSpec, n: int, device: torch.device, dtype: torch.dtype, seed: int) -> torch.Tensor:
-    """``[n, numel]`` expert weights drawn on the device (timing only needs realistic magnitudes, not the host slab)."""
-    gen = torch.Generator(device=device).manual_seed(seed)
-    slots = torch.empty(n, expert_numel(model), device=device, dtype=dtype)
-    for _name, (r, c), off in expert_layout(model):
-        slots[:, off:off + r * c].copy_(torch.randn(n, r * c, generator=gen, device=device) * c ** -0.5)
-    return slots
+def copy_sizes(specs: Sequence[ModelSpec], dtype: str, quick: bool = False) -> list[int]:
+    """The size table and every model's expert size in ``dtype`` (what the engine copies), sorted, distinct."""
+    table = QUICK_COPY_SIZES_MB if quick else COPY_SIZES_MB
+    nbytes = torch.tensor([], dtype=torch_dtype(dtype)).element_size()
+    experts = [] if quick else [s.expert_params * nbytes for s in specs]
+    return sorted({int(round(mb * MB)) for mb in table} | set(experts))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Expert FFN and COMPUTE timings through the engine's kernels
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _pick_ffn(dev: torch.device, dt: torch.dtype, ffn: str) -> str:
+    if ffn == "auto":
+        ok, _ = grouped_mm_supported(dev, dt)
+        return "grouped" if ok and dev.type == "cuda" else "loop"
+    return ffn
+
+
+class ComputeBench:
+    """One model's expert slots and activations, allocated once for the largest COMPUTE it will time (at most
+    ``max_group`` experts, ``max_rows`` tokens in all), and COMPUTEs of any smaller shape on views of them."""
+
+    def __init__(self, model: ModelSpec, device: torch.device, dtype: torch.dtype, ffn: str, max_group: int,
+                 max_rows: int, seed: int = 0) -> None:
+        self.model, self.device, self.dtype = model, device, dtype
+        self.ffn = _pick_ffn(device, dtype, ffn)
+        self.max_group = max(1, min(max_group, model.experts))
+        gen = torch.Generator(device=device).manual_seed(seed)
+        slots = torch.empty(self.max_group, expert_numel(model), device=device, dtype=dtype)  # [G, numel]
+        for _name, (r, c), off in expert_layout(model):  # matrix by matrix: no fp32 copy of all slots at once
+            for g in range(self.max_group):
+                slots[g, off:off + r * c].copy_(torch.randn(r * c, generator=gen, device=device) * c ** -0.5)
+        self.kernels = ExpertKernels(model, slots, self.ffn)
+        rows = max(1, max_rows)
+        self.x = torch.randn(rows, model.d_model, generator=gen, device=device).to(dtype)  # [R, D]
+        self.out = torch.zeros(rows, model.d_model, device=device, dtype=dtype)  # [R, D]
+        self.kernels.ensure_capacity(rows)
+        self.gen = gen
+        self.timer = Timer(device)
+
+    @staticmethod
+    def bytes_needed(model: ModelSpec, dtype: torch.dtype, group: int, rows: int) -> int:
+        """Device bytes of ``group`` slots and of the inputs, outputs, staging and kernel temporaries of ``rows``
+        tokens."""
+        el = torch.tensor([], dtype=dtype).element_size()
+        f1 = model.d_ff if model.activation == "relu" else 2 * model.d_ff
+        return el * (group * expert_numel(model) + rows * (4 * model.d_model + f1))
+
+    def time(self, group: int, tokens: int, repeats: int) -> tuple[list[float], float]:
+        """(ms of each repeat of one COMPUTE of ``group`` experts x ``tokens`` tokens, host issue us per COMPUTE)."""
+        n = group * tokens
+        if group > self.max_group or n > self.x.shape[0]:
+            raise ValueError(f"ComputeBench of {self.model.name}: {group} experts x {tokens} tokens exceed its "
+                             f"{self.max_group} slots or {self.x.shape[0]} rows")
+        dev, k = self.device, self.kernels
+        rows = torch.randperm(self.x.shape[0], generator=self.gen, device=dev)[:n]  # a scattered gather
+        gate = torch.full((n, 1), 0.5, device=dev, dtype=self.dtype)  # [n, 1]
+        if self.ffn == "grouped":
+            offs = torch.arange(1, group + 1, device=dev, dtype=torch.int32) * tokens  # [group]
+            work = [k.chunk_work(rows, gate, 0, group, offs)]
+        else:
+            work = [k.use_work(rows[j * tokens:(j + 1) * tokens], gate[j * tokens:(j + 1) * tokens], j)
+                    for j in range(group)]
+        with torch.inference_mode():
+            return self.timer.samples(lambda: k.run(work, self.x, self.out), repeats)
+
+
+def _bench_for(model: ModelSpec, dev: torch.device, dt: torch.dtype, ffn: str, grid_groups: Sequence[int],
+               grid_tokens: int, table_group: int, table_tokens: int, budget: int
+               ) -> tuple[ComputeBench, list[int]]:
+    """One bench for every timing of a model: the FFN tables (``table_group`` experts x up to ``table_tokens``) and
+    the COMPUTE grid's groups whose largest COMPUTE (``g`` x ``grid_tokens``) fits ``budget`` with them. Returns
+    the bench and the grid groups it can time (the simulator scales beyond the largest)."""
+    table_rows = max(1, table_group) * table_tokens
+
+    def need(g: int) -> int:
+        return ComputeBench.bytes_needed(model, dt, max(g, table_group), max(table_rows, g * grid_tokens))
+
+    fits = [g for g in grid_groups if g <= model.experts and need(g) <= budget] or [1]
+    top = max(fits)
+    return ComputeBench(model, dev, dt, ffn, max(top, table_group), max(table_rows, top * grid_tokens)), fits
 
 
 def measure_ffn(model: ModelSpec, device: str | torch.device = "cuda", dtype: str | torch.dtype = "bfloat16",
                 tokens: Sequence[int] = FFN_TOKENS, repeats: int = 20, group: int = 1, ffn: str = "auto",
-                seed: int = 0) -> tuple[list[tuple[int, float]], list[tuple[int, float]], str]:
+                seed: int = 0, bench: ComputeBench | None = None
+                ) -> tuple[list[tuple[int, float]], list[tuple[int, float]], str]:
     """Time of one COMPUTE of ``group`` experts with ``t`` tokens each, per expert, through the engine's kernels.
 
-    Returns ``(table of (t, ms per expert), table of (t, host issue us per COMPUTE), FFN path used)``.
+    Returns ``(table of (t, ms per expert), table of (t, host issue us per COMPUTE), FFN path used)``. ``bench``
+    reuses slots and activations already allocated (at least ``group`` x ``max(tokens)``).
     """
     dev, dt = torch.device(device), torch_dtype(dtype)
-    if ffn == "auto":
-        ok, _ = grouped_mm_supported(dev, dt)
-        ffn = "grouped" if ok and dev.type == "cuda" else "loop"
     group = max(1, min(group, model.experts))
-    slots = _random_slots(model, group, dev, dt, seed)
-    kernels = ExpertKernels(model, slots, ffn)
-    tmax = max(tokens)
-    gen = torch.Generator(device=dev).manual_seed(seed + 1)
-    x = torch.randn(group * tmax, model.d_model, generator=gen, device=dev).to(dt)  # [R, D]
-    out = torch.zeros(group * tmax, model.d_model, device=dev, dtype=dt)  # [R, D]
-    kernels.ensure_capacity(group * tmax if ffn == "grouped" else tmax)
-    timer = Timer(dev)
+    b = bench or ComputeBench(model, dev, dt, ffn, group, group * max(tokens), seed)
     table, issue = [], []
     for t in tokens:
-        n = group * t
-        rows = torch.randperm(group * tmax, generator=gen, device=dev)[:n]  # [n]: a scattered gather, as in a batch
-        gate = torch.full((n, 1), 0.5, device=dev, dtype=dt)  # [n, 1]
-        if ffn == "grouped":
-            offs = torch.arange(1, group + 1, device=dev, dtype=torch.int32) * t  # [group]
-            work = [kernels.chunk_work(rows, gate, 0, group, offs)]
-        else:
-            work = [kernels.use_work(rows[j * t:(j + 1) * t], gate[j * t:(j + 1) * t], j) for j in range(group)]
-        with torch.inference_mode():
-            ms, us = timer(lambda work=work: kernels.run(work, x, out), repeats)
-        table.append((int(t), ms / group))
+        ms, us = b.time(group, int(t), repeats)
+        table.append((int(t), statistics.median(ms) / group))
         issue.append((int(t), us))
-    return table, issue, ffn
+    return table, issue, b.ffn
+
+
+def measure_compute_grid(bench: ComputeBench, groups: Sequence[int], tokens: Sequence[int], repeats: int) -> dict:
+    """The COMPUTE grid (ms per COMPUTE of ``n`` experts x ``t`` tokens) and its spread; noisy cells re-timed."""
+    cells, spreads = [], []
+    for n in groups:
+        row, sp_row = [], []
+        for t in tokens:
+            ms, _ = bench.time(n, t, repeats)
+            passes = [statistics.median(ms)]
+            sp = spread(ms)
+            for _ in range(RETIME_PASSES):
+                if sp["iqr_rel"] is None or sp["iqr_rel"] <= RETIME_IQR:
+                    break
+                ms, _ = bench.time(n, t, repeats)
+                passes.append(statistics.median(ms))
+                sp = spread(ms)
+            row.append(statistics.median(passes))
+            sp_row.append(round(sp["iqr_rel"] or 0.0, 6))
+            spreads.append({"experts": n, "tokens": t, "iqr_rel": sp["iqr_rel"], "passes": len(passes),
+                            "pass_spread_rel": (max(passes) - min(passes)) / statistics.median(passes)
+                            if len(passes) > 1 else 0.0})
+        cells.append(row)
+    iqr = [s["iqr_rel"] or 0.0 for s in spreads]
+    return {"table": {"experts": list(groups), "tokens": list(tokens), "ms": cells},
+            "spread": {"iqr_rel": [[v for v in r] for r in _rows(spreads, len(tokens))],
+                       "iqr_rel_median": statistics.median(iqr), "iqr_rel_max": max(iqr),
+                       "retimed": [s for s in spreads if s["passes"] > 1], "repeats": repeats}}
+
+
+def _rows(spreads: list[dict], width: int) -> list[list[float]]:
+    vals = [s["iqr_rel"] or 0.0 for s in spreads]
+    return [vals[i:i + width] for i in range(0, len(vals), width)]
 
 
 def measure_nonmoe(d_model: int, device: str | torch.device = "cuda", dtype: str | torch.dtype = "bfloat16",
@@ -144,9 +235,14 @@ def measure_nonmoe(d_model: int, device: str | torch.device = "cuda", dtype: str
     return table
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Host issue costs
+# --------------------------------------------------------------------------------------------------------------
+
+
 def measure_host_issue(model: ModelSpec, hardware: HardwareProfile, device: str | torch.device = "cuda",
-                       dtype: str = "bfloat16", repeats: int = 15, layers: int = 4, steps: int = 2,
-                       quick: bool = False) -> dict:
+                       dtype: str = "bfloat16", repeats: int = 31, layers: int = 4, steps: int = 2,
+                       quick: bool = False, graph: bool = False, engine=None) -> dict:
     """Host time the engine spends issuing each kind of operation (lean runs: no timeline events).
 
     Runs the engine on short plans (``steps`` x ``layers`` layer-steps, so that the device's launch queue never
@@ -155,8 +251,9 @@ def measure_host_issue(model: ModelSpec, hardware: HardwareProfile, device: str 
     ``on_demand`` plans of the one scheduler, which needs ``hardware`` although these two strategies' decisions do
     not read it); takes the median host issue time of ``repeats`` runs of each and fits, by least squares,
     ``issue = a * NON-MoE ops + b * LOADs + c * COMPUTEs + d * experts in COMPUTEs`` (microseconds per op, clipped
-    at zero). When the device is faster than this, the engine is host-bound; the simulator adds these costs as a
-    third resource (the issuing thread).
+    at zero). ``graph=True`` times the launch of each plan's CUDA graph instead (``OffloadEngine.run(graph=True)``)
+    and fits a constant per launch beside the per-op terms (``launch_us``). When the device is faster than this,
+    the engine is host-bound; the simulator adds these costs as a third resource (the issuing thread).
     """
     from artifact.engine import ExpertWeights, OffloadEngine
     from artifact.planner import plan as make_plan
@@ -165,9 +262,11 @@ def measure_host_issue(model: ModelSpec, hardware: HardwareProfile, device: str 
 
     dev = torch.device(device)
     spec = replace(model, name=f"{model.name}-slice", moe_layers=min(layers, model.moe_layers))
-    weights = ExpertWeights.random(spec, dtype=dtype, seed=0)
-    eng = OffloadEngine(spec, spec.total_experts, weights=weights, device=dev)
-    rows, ys = [], []
+    eng = engine
+    if eng is None:
+        weights = ExpertWeights.random(spec, dtype=dtype, seed=0)
+        eng = OffloadEngine(spec, spec.total_experts, weights=weights, device=dev)
+    rows, ys, spreads = [], [], []
     batches = (1, 8) if quick else (1, 8, 64)
     for b in batches:
         # b sequences of exactly `steps` tokens: every step runs the whole batch.
@@ -177,32 +276,58 @@ def measure_host_issue(model: ModelSpec, hardware: HardwareProfile, device: str 
                  for strategy, slots in (("gpu_only", spec.total_experts), ("on_demand", cache))
                  for protocol in ("batched", "per_item")]
         for plan in plans:
-            _, tl = eng.run(plan, wl, repeats=3 if quick else repeats, warmup=1, timeline=False)
+            _, tl = eng.run(plan, wl, repeats=3 if quick else repeats, warmup=1, timeline=False, graph=graph)
             issue = tl.info["issue_ms"]  # median over the repeats
             rows.append([plan.layer_steps, plan.num_loads, plan.num_computes, plan.use_gid.shape[0]])
             ys.append(issue * 1e3)
+            spreads.append(spread([v * 1e3 for v in tl.info["issue_ms_repeats"]]))
     X = np.asarray(rows, float)
+    if graph:
+        X = np.hstack([X, np.ones((X.shape[0], 1))])  # a constant per launch
     y = np.asarray(ys, float)
-    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
-    if (coef < 0).any():  # refit without the terms that came out negative (an active-set step of NNLS)
-        keep = coef > 0
-        sub, *_ = np.linalg.lstsq(X[:, keep], y, rcond=None)
-        coef = np.zeros_like(coef)
-        coef[keep] = np.maximum(sub, 0.0)
+    coef = _nonneg_lstsq(X, y)
     fit = X @ coef
-    return {"nonmoe_us": float(coef[0]), "load_us": float(coef[1]), "compute_us": float(coef[2]),
-            "use_us": float(coef[3]), "fit_max_rel_err": float(np.max(np.abs(fit - y) / np.maximum(y, 1e-9))),
-            "runs": [{"nonmoe": r[0], "loads": r[1], "computes": r[2], "uses": r[3], "issue_us": v}
-                     for r, v in zip(rows, ys)]}
+    out = {"mode": "graph" if graph else "eager", "nonmoe_us": float(coef[0]), "load_us": float(coef[1]),
+           "compute_us": float(coef[2]), "use_us": float(coef[3]),
+           "launch_us": float(coef[4]) if graph else 0.0,
+           "fit_max_rel_err": float(np.max(np.abs(fit - y) / np.maximum(y, 1e-9))),
+           "spread": {"iqr_rel_median": statistics.median(s["iqr_rel"] or 0.0 for s in spreads),
+                      "iqr_rel_max": max(s["iqr_rel"] or 0.0 for s in spreads),
+                      "ci95_rel_max": max(s["ci95_rel"] or 0.0 for s in spreads), "repeats": spreads[0]["n"]},
+           "runs": [{"nonmoe": r[0], "loads": r[1], "computes": r[2], "uses": r[3], "issue_us": v,
+                     "iqr_rel": s["iqr_rel"]} for r, v, s in zip(rows, ys, spreads)]}
+    return out
+
+
+def _nonneg_lstsq(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares with every coefficient >= 0 (active-set steps of NNLS: drop the negative terms, refit)."""
+    keep = np.ones(X.shape[1], bool)
+    coef = np.zeros(X.shape[1])
+    for _ in range(X.shape[1]):
+        sub, *_ = np.linalg.lstsq(X[:, keep], y, rcond=None)
+        coef = np.zeros(X.shape[1])
+        coef[keep] = sub
+        if (sub >= 0).all():
+            break
+        keep[np.flatnonzero(keep)[sub < 0]] = False
+    return np.maximum(coef, 0.0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The whole calibration
+# --------------------------------------------------------------------------------------------------------------
 
 
 def calibrate(device: str = "cuda", models: Sequence[str | ModelSpec] | None = None, out: str | None = None,
               quick: bool = False, name: str | None = None, dtype: str = "bfloat16", repeats: int | None = None,
-              group: int = 8, ffn: str = "auto") -> HardwareProfile:
+              group: int = 8, ffn: str = "auto", memory_budget: int | None = None,
+              copy_seconds: float | None = None) -> HardwareProfile:
     """Measure this machine and return a :class:`HardwareProfile` (written atomically to ``out`` when given).
 
     ``models`` default to every preset (names or :class:`ModelSpec`); ``quick`` uses a few sizes, tokens and
     repeats (for tests and smoke runs); ``name`` defaults to the GPU's family (``h200``) or ``cpu``.
+    ``memory_budget`` caps the device bytes of one model's FFN timings (default: ``MEMORY_BUDGET`` or half the free
+    device memory, the smaller); ``copy_seconds`` caps the copy rounds (default 40 s, quick 2 s).
     """
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -210,28 +335,42 @@ def calibrate(device: str = "cuda", models: Sequence[str | ModelSpec] | None = N
     specs = [get_model(m) if isinstance(m, str) else m for m in (models if models is not None else PRESETS)]
     if not specs:
         raise ValueError("calibrate: no models given")
+    dt = torch_dtype(dtype)
     reps = repeats or (3 if quick else 20)
-    sizes_mb = QUICK_COPY_SIZES_MB if quick else COPY_SIZES_MB
     tokens = QUICK_TOKENS if quick else FFN_TOKENS
     grp = min(group, 2) if quick else group
+    budget = memory_budget or MEMORY_BUDGET
+    if dev.type == "cuda" and memory_budget is None:
+        budget = min(budget, torch.cuda.mem_get_info(dev)[0] // 2)
 
-    copy_table = measure_copy(dev, [int(mb * MB) for mb in sizes_mb], max(reps, 10))  # copies are cheap
+    sizes = copy_sizes(specs, dtype, quick)
+    cs = copy_seconds if copy_seconds is not None else (2.0 if quick else 40.0)
+    copy_table, copy_spread = measure_copies(dev, sizes, min_rounds=3 if quick else 5,
+                                             max_rounds=3 if quick else 60, max_seconds=cs)
     ffn_tables, group_tables, issue_tables, nonmoe_tables, compute_tables = {}, {}, {}, {}, {}
+    compute_spread, grid_experts = {}, {}
     path = ffn
+    g_tok = list(QUICK_GRID_TOKENS if quick else GRID_TOKENS)
     for spec in specs:
-        tab, issue, path = measure_ffn(spec, dev, dtype, tokens, reps, group=1, ffn=ffn)
+        g_exp = [n for n in (QUICK_GRID_EXPERTS if quick else GRID_EXPERTS) if n <= spec.experts]
+        g_grp = max(1, min(grp, spec.experts))
+        # One allocation per model, for the largest COMPUTE any of its tables times (within the budget).
+        bench, fits = _bench_for(spec, dev, dt, ffn, g_exp, max(g_tok), g_grp, max(tokens), budget)
+        path = bench.ffn
+        tab, issue, _ = measure_ffn(spec, dev, dt, tokens, reps, group=1, bench=bench)
         ffn_tables[spec.name] = tuple(tab)
         issue_tables[spec.name] = [list(p) for p in issue]
-        gtab, _, _ = measure_ffn(spec, dev, dtype, tokens, reps, group=grp, ffn=ffn)
+        gtab, _, _ = measure_ffn(spec, dev, dt, tokens, reps, group=g_grp, bench=bench)
         group_tables[spec.name] = [list(p) for p in gtab]
         nonmoe_tables[spec.name] = [list(p) for p in measure_nonmoe(spec.d_model, dev, dtype, tokens, reps)]
-        g_exp = [n for n in (QUICK_GRID_EXPERTS if quick else GRID_EXPERTS) if n <= spec.experts]
-        g_tok = list(QUICK_GRID_TOKENS if quick else GRID_TOKENS)
-        rows = []
-        for n in g_exp:
-            tab_n, _, _ = measure_ffn(spec, dev, dtype, g_tok, reps, group=n, ffn=ffn)
-            rows.append([ms * n for _, ms in tab_n])  # ms per expert -> ms per COMPUTE
-        compute_tables[spec.name] = {"experts": g_exp, "tokens": g_tok, "ms": rows}
+        grid = measure_compute_grid(bench, fits, g_tok, reps)
+        compute_tables[spec.name] = grid["table"]
+        compute_spread[spec.name] = grid["spread"]
+        grid_experts[spec.name] = {"measured": grid["table"]["experts"], "asked": g_exp,
+                                   "budget_bytes": int(budget)}
+        del bench
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
     dev_name = device_name(dev)
     driver, cuda_v = (driver_version(), torch.version.cuda) if dev.type == "cuda" else ("n/a", None)
     now = utc_now()
@@ -239,7 +378,7 @@ def calibrate(device: str = "cuda", models: Sequence[str | ModelSpec] | None = N
     measured = HardwareProfile(
         name=name or gpu_family(dev),
         description=f"{dev_name}, calibrated by artifact.measure.calibrate ({dtype}, {path} FFN path, "
-                    f"median of {reps})",
+                    f"median of {reps}; copies until the median's 95% CI is within 0.5%)",
         copy_table=tuple(copy_table),
         ffn_tables=ffn_tables,
         nonmoe_table=tuple((t, ms) for t, ms in nonmoe_tables[first.name]),
@@ -247,11 +386,13 @@ def calibrate(device: str = "cuda", models: Sequence[str | ModelSpec] | None = N
         compute_tables=compute_tables,
     )
     # The host-issue runs are planned on the profile measured so far (planning needs one; gpu_only and on_demand
-    # decide without reading it), then their fit completes it.
-    host_issue = measure_host_issue(first, measured, dev, dtype, quick=quick)
+    # decide without reading it), then their fit completes it: in the mode the grids run (graph on CUDA).
+    host_fits = _host_issue_fits(first, measured, dev, dtype, quick)
+    mode = "graph" if "graph" in host_fits else "eager"
+    keys = ("nonmoe_us", "load_us", "compute_us", "use_us")
     profile = replace(
         measured,
-        host_issue_us={k: host_issue[k] for k in ("nonmoe_us", "load_us", "compute_us", "use_us")},
+        host_issue_us={k: host_fits[mode][k] for k in keys},
         extra={
             "device_name": dev_name,
             "driver": driver,
@@ -263,13 +404,22 @@ def calibrate(device: str = "cuda", models: Sequence[str | ModelSpec] | None = N
             "ffn_path": path,
             "repeats": reps,
             "quick": quick,
-            "copy_gbps": {str(b): (b / (ms * 1e6) if ms > 0 else float("nan")) for b, ms in copy_table},
+            "copy_gbps": {str(b): (b / (ms * 1e6) if ms > 0 else None) for b, ms in copy_table},
+            "copy_spread": copy_spread,
+            "copy_method": "the engine's copy pattern: one pinned slab, distinct slices into alternating device "
+                           "slots, bursts back to back on a copy stream held while the host queues, CUDA events per "
+                           "copy; sizes round-robin, rounds until the median's 95% CI half-width <= 0.5%",
             "ffn_group": grp,
             "ffn_group_tables": group_tables,
             "ffn_issue_us": issue_tables,
+            "compute_spread": compute_spread,
+            "compute_grid_experts": grid_experts,
             "nonmoe_d_model": first.d_model,
             "nonmoe_tables": nonmoe_tables,
-            "host_issue_fit": host_issue,
+            "host_issue_mode": mode,
+            "host_issue_us_by_mode": {m: {k: f[k] for k in keys} for m, f in host_fits.items()},
+            "host_issue_fit": host_fits[mode],
+            "host_issue_fits": host_fits,
             "method": "CUDA events per call with the stream held by a spin kernel while the host queues (GPU time); "
                       "perf_counter on the CPU",
         },
@@ -277,6 +427,25 @@ def calibrate(device: str = "cuda", models: Sequence[str | ModelSpec] | None = N
     if out:
         save_profile(profile, out)
     return profile
+
+
+def _host_issue_fits(model: ModelSpec, hw: HardwareProfile, dev: torch.device, dtype: str, quick: bool) -> dict:
+    """The eager fit, and on CUDA the graph fit (the engine the grids run), on one engine."""
+    from artifact.engine import ExpertWeights, OffloadEngine
+
+    if quick:  # a smoke run: a small expert shape (the host's issue cost barely depends on it; its weights do)
+        model = replace(model, experts=min(model.experts, 16), d_model=min(model.d_model, 256),
+                        d_ff=min(model.d_ff, 512))
+    spec = replace(model, name=f"{model.name}-slice", moe_layers=min(4, model.moe_layers))
+    eng = OffloadEngine(spec, spec.total_experts, weights=ExpertWeights.random(spec, dtype=dtype, seed=0), device=dev)
+    fits = {"eager": measure_host_issue(model, hw, dev, dtype, quick=quick, engine=eng)}
+    if dev.type == "cuda":
+        try:
+            fits["graph"] = measure_host_issue(model, hw, dev, dtype, quick=quick, graph=True, engine=eng)
+        except (RuntimeError, ValueError) as exc:  # no graph here: the grids fall back to eager, and so does this
+            fits["eager"]["graph_unavailable"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    del eng
+    return fits
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -289,12 +458,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--name", default=None)
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--compare", nargs=2, metavar=("A", "B"), default=None,
+                    help="compare two profiles (fitted and measured figures) instead of calibrating")
+    ap.add_argument("--tolerance", type=float, default=0.02, help="--compare: relative tolerance")
     args = ap.parse_args(argv)
+    if args.compare:
+        from artifact.measure.compare import main_compare
+
+        return main_compare(args.compare[0], args.compare[1], args.tolerance)
     prof = calibrate(args.device, args.models, args.out, args.quick, args.name, args.dtype)
     print(f"{prof.name}: {prof.description}")
     print(f"  copy: {prof.copy_bandwidth_gbps:.1f} GB/s fitted, latency {prof.copy_latency_ms * 1e3:.1f} us")
     for b, gbps in prof.extra["copy_gbps"].items():
-        print(f"    {int(b) / MB:9.3f} MB  {gbps:6.1f} GB/s")
+        sp = prof.extra["copy_spread"][b]
+        print(f"    {int(b) / MB:9.3f} MB  {gbps:6.1f} GB/s  (95% CI +-{100 * (sp['ci95_rel'] or 0):.2f}%, "
+              f"{sp['rounds']} rounds)")
+    print(f"  host issue ({prof.extra['host_issue_mode']}): " + ", ".join(f"{k} {v:.2f}" for k, v in
+                                                                        prof.host_issue_us.items()))
     for m, tab in prof.ffn_tables.items():
         print(f"  ffn {m}: " + ", ".join(f"{t}:{ms:.3f}" for t, ms in tab) + " (tokens:ms)")
     if args.out:

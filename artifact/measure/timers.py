@@ -3,11 +3,32 @@ on the CPU (where every op has finished when it returns)."""
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
+
+
+def spread(samples: Sequence[float]) -> dict:
+    """How far repeated measurements of one figure scatter: ``n``, ``median``, ``min``, ``max``, ``iqr_rel`` (the
+    interquartile range over the median) and ``ci95_rel`` (half the width of the distribution-free 95% confidence
+    interval of the median, from order statistics: ranks n/2 -+ 0.98 sqrt(n), over the median). Relative figures
+    are None when the median is not positive."""
+    xs = sorted(float(x) for x in samples)
+    n = len(xs)
+    if not n:
+        raise ValueError("spread: no samples")
+    med = statistics.median(xs)
+    q1, q3 = (statistics.quantiles(xs, n=4, method="inclusive")[::2] if n > 1 else (xs[0], xs[0]))
+    half = 0.98 * math.sqrt(n)
+    lo = min(max(int(math.floor(n / 2 - half)), 0), n - 1)
+    hi = min(max(int(math.ceil(n / 2 + half)) - 1, 0), n - 1)
+    pos = med > 0
+    return {"n": n, "median": med, "min": xs[0], "max": xs[-1],
+            "iqr_rel": (q3 - q1) / med if pos else None,
+            "ci95_rel": (xs[hi] - xs[lo]) / 2 / med if pos else None}
 
 
 class Timer:
@@ -24,6 +45,11 @@ class Timer:
 
     def __call__(self, fn: Callable[[], None], repeats: int, warmup: int = 2) -> tuple[float, float]:
         """(median ms per call, median host issue us per call)."""
+        ms, issue_us = self.samples(fn, repeats, warmup)
+        return statistics.median(ms), issue_us
+
+    def samples(self, fn: Callable[[], None], repeats: int, warmup: int = 2) -> tuple[list[float], float]:
+        """(ms of each of ``repeats`` calls, host issue us per call)."""
         if not self.cuda:
             for _ in range(warmup):
                 fn()
@@ -32,8 +58,7 @@ class Timer:
                 t0 = time.perf_counter()
                 fn()
                 ts.append((time.perf_counter() - t0) * 1e3)
-            med = statistics.median(ts)
-            return med, med * 1e3
+            return ts, statistics.median(ts) * 1e3
         stream = self.stream or torch.cuda.current_stream(self.device)
         with torch.cuda.stream(stream):
             for _ in range(warmup):
@@ -54,4 +79,4 @@ class Timer:
                 b.record(stream)
             issue_us = (time.perf_counter() - t1) / repeats * 1e6
             torch.cuda.synchronize(self.device)
-        return statistics.median(a.elapsed_time(b) for a, b in ev), issue_us
+        return [a.elapsed_time(b) for a, b in ev], issue_us

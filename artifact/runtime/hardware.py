@@ -2,7 +2,8 @@
 
 A profile gives
 - the time of one host-to-device copy of ``n`` bytes from pinned memory: piecewise-linear through a measured
-  (bytes, ms) table, and ``latency + n / bandwidth`` fitted by least squares to it outside the table;
+  (bytes, ms) table, and ``latency + n / bandwidth`` fitted by least squares to it outside the table (closed form,
+  exactly rounded sums: :func:`copy_line`);
 - the time of one COMPUTE (the expert FFNs of one layer-step, or of one item or chunk of it) per model preset: from
   a measured grid over (experts in the COMPUTE, tokens per expert) when the profile has one (``compute_tables``:
   the engine runs all experts of a COMPUTE in one grouped kernel, so its cost is not a sum of per-expert costs),
@@ -20,13 +21,14 @@ Nothing is typed in here: planning without a measured (or explicitly modelled) p
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from artifact.atomicfile import atomic_write_text
+from artifact.atomicfile import atomic_write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROFILE_DIR = REPO_ROOT / "results" / "hardware"
@@ -49,10 +51,7 @@ class HardwareProfile:
     def __post_init__(self) -> None:
         if len(self.copy_table) < 2:
             raise ValueError(f"hardware profile {self.name}: copy_table needs at least 2 (bytes, ms) points")
-        b = np.array([p[0] for p in self.copy_table], float)
-        t = np.array([p[1] for p in self.copy_table], float)
-        slope, icpt = np.polyfit(b, t, 1)
-        object.__setattr__(self, "_copy_fit", (float(max(icpt, 0.0)), float(slope)))
+        object.__setattr__(self, "_copy_fit", copy_line(self.copy_table))
 
     @property
     def copy_latency_ms(self) -> float:
@@ -123,6 +122,21 @@ class HardwareProfile:
             raise ValueError(f"hardware profile {origin}: bad or missing field ({type(exc).__name__}: {exc})") from None
 
 
+def copy_line(table) -> tuple[float, float]:
+    """``(latency ms, ms per byte)``: the least-squares line ``ms = latency + bytes * slope`` through the (bytes, ms)
+    points, in closed form with exactly rounded sums (``math.fsum``), so every platform, BLAS and numpy version
+    fits the same figures from the same table. The latency is clipped at zero (a copy cannot take negative time)."""
+    xs = [float(p[0]) for p in table]
+    ys = [float(p[1]) for p in table]
+    n = len(xs)
+    mx, my = math.fsum(xs) / n, math.fsum(ys) / n
+    sxx = math.fsum((x - mx) * (x - mx) for x in xs)
+    if sxx == 0.0:
+        raise ValueError("copy_table: every point has the same size; a line needs two sizes")
+    slope = math.fsum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    return max(my - slope * mx, 0.0), slope
+
+
 def _grid_axis(grid_log2: np.ndarray, v: np.ndarray) -> tuple:
     """Bracketing indices, interpolation weight and beyond-the-grid linear scale of values ``v`` on a log2 grid."""
     top = 2.0 ** grid_log2[-1]
@@ -186,5 +200,6 @@ def _read(path: Path) -> HardwareProfile:
 
 
 def save_profile(profile: HardwareProfile, path: str | os.PathLike) -> Path:
-    """Write atomically (temp file + rename)."""
-    return atomic_write_text(path, json.dumps(profile.to_json(), indent=1, sort_keys=True) + "\n")
+    """Write atomically (temp file + rename), strict JSON (a number that is not finite is null, its path listed
+    in ``null_reasons``)."""
+    return atomic_write_json(path, profile.to_json(), indent=1, sort_keys=True)

@@ -25,12 +25,11 @@ with a vendored trace hold exactly these numbers (a test re-fits and compares).
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from dataclasses import dataclass, replace
 
 import numpy as np
 
+from artifact.atomicfile import json_text
 from artifact.models import ModelSpec
 from artifact.traces.stats import trace_stats
 from artifact.traces.trace import DECODE, Trace, phase_tokens
@@ -127,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("trace", help="trace file (.npz) or vendored:NAME")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    json.dump(fit(open_trace(args.trace), args.seed).to_json(), sys.stdout, indent=1)
+    print(json_text(fit(open_trace(args.trace), args.seed).to_json(), indent=1))  # strict JSON
     print()
     return 0
 

@@ -67,10 +67,14 @@ def test_cpu_graph_is_refused_or_falls_back():
 
 def _graph_vs_eager(eng: OffloadEngine, plan, wl, ref, tol_eager: float, tol_ref: float, what: str) -> None:
     eager, tl_e = eng.run(plan, wl, repeats=1, warmup=1, timeline=False, graph=False)
+    eager2, _ = eng.run(plan, wl, repeats=1, warmup=0, timeline=False, graph=False)
     got, tl_g = eng.run(plan, wl, repeats=3, warmup=1, timeline=False, graph=True)
     assert tl_g.info["engine_mode"] == "graph" and tl_g.info["graph_fallback"] is None, what
     assert tl_e.info["engine_mode"] == "eager", what
-    assert max_rel_error(got, eager) <= tol_eager, what
+    # Graph against eager: within the given tolerance, or twice what two eager runs drift apart (index_add_ on the
+    # GPU accumulates with atomics, whose order, and so the last bf16 bits, changes from run to run).
+    tol = max(tol_eager, 2 * max_rel_error(eager2, eager))
+    assert max_rel_error(got, eager) <= tol, (what, max_rel_error(got, eager), max_rel_error(eager2, eager))
     assert max_rel_error(got, ref[:got.shape[0]]) <= tol_ref, what
     for k in COUNT_KEYS:  # the graph holds what the eager loop issues
         assert tl_g.info[k] == tl_e.info[k], (what, k)
@@ -78,7 +82,7 @@ def _graph_vs_eager(eng: OffloadEngine, plan, wl, ref, tol_eager: float, tol_ref
     # A second call replays the same graph (no new capture) from a restored start state: the same outputs.
     again, tl_again = eng.run(plan, wl, repeats=2, warmup=0, timeline=False, graph=True)
     assert tl_again.info["engine_mode"] == "graph"
-    assert max_rel_error(again, got) <= tol_eager, what
+    assert max_rel_error(again, got) <= tol, what
 
 
 @pytest.mark.gpu

@@ -218,6 +218,8 @@ class HostSlab:
             try:
                 rt = torch.cuda.cudart()
                 ok = _cuda_ok(rt.cudaHostRegister(t.data_ptr(), t.numel() * t.element_size(), 0))
+                if not ok:  # e.g. an earlier slab at this address was freed still registered: clear the sticky error
+                    rt.cudaGetLastError()
                 self.registered = ok and bool(t.is_pinned())
                 if ok and not self.registered:
                     rt.cudaHostUnregister(t.data_ptr())

@@ -144,7 +144,8 @@ class ComputeBench:
             work = [k.use_work(rows[j * tokens:(j + 1) * tokens], gate[j * tokens:(j + 1) * tokens], j)
                     for j in range(group)]
         with torch.inference_mode():
-            return self.timer.samples(lambda: k.run(work, self.x, self.out), repeats)
+            # On CUDA the engine replays whole plans as graphs (its default), so time COMPUTEs the same way.
+            return self.timer.graph_samples(lambda: k.run(work, self.x, self.out), repeats)
 
 
 def _bench_for(model: ModelSpec, dev: torch.device, dt: torch.dtype, ffn: str, grid_groups: Sequence[int],
@@ -230,8 +231,8 @@ def measure_nonmoe(d_model: int, device: str | torch.device = "cuda", dtype: str
     for t in tokens:
         h, x = h_all[:t], x_all[:t]
         with torch.inference_mode():
-            ms, _ = timer(lambda h=h, x=x: ExpertKernels.nonmoe(h, x, wn_t), repeats)
-        table.append((int(t), ms))
+            ms, _ = timer.graph_samples(lambda h=h, x=x: ExpertKernels.nonmoe(h, x, wn_t), repeats)
+        table.append((int(t), statistics.median(ms)))
     return table
 
 
@@ -378,7 +379,9 @@ def calibrate(device: str = "cuda", models: Sequence[str | ModelSpec] | None = N
     measured = HardwareProfile(
         name=name or gpu_family(dev),
         description=f"{dev_name}, calibrated by artifact.measure.calibrate ({dtype}, {path} FFN path, "
-                    f"median of {reps}; copies until the median's 95% CI is within 0.5%)",
+                    f"median of {reps}; COMPUTEs and NON-MoE parts timed inside CUDA graphs of 8 back-to-back calls "
+                    f"on CUDA, as the engine's graph mode runs them; copies until the median's 95% CI is within "
+                    f"0.5%)",
         copy_table=tuple(copy_table),
         ffn_tables=ffn_tables,
         nonmoe_table=tuple((t, ms) for t, ms in nonmoe_tables[first.name]),

@@ -75,7 +75,8 @@ class Strategy:
         """``n`` of the candidate slots to evict, in order. ``incoming``: every expert about to be filled, in
         order; the first ``len(incoming) - n`` take free slots, the last ``n`` the evicted ones (ghost-list policies
         such as ARC and S3-FIFO read it), or None."""
-        raise NotImplementedError(f"{type(self).__name__} names no eviction order")
+        raise TypeError(f"strategy {type(self).__name__} names no eviction order: subclass Recency or Frequency, "
+                        "or define evict")
 
     def on_fill(self, slots: np.ndarray, gids: np.ndarray, g: int, targets: np.ndarray | None = None) -> None:
         """``slots`` were filled with ``gids`` at layer-step ``g``: demand loads (``targets`` None) or prefetches."""

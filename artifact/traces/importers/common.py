@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from artifact.models import PRESETS
 from artifact.traces.trace import DECODE, PREFILL, TraceError
 
 INCOMPLETE_PREFILL = ("drop", "error")
@@ -276,3 +277,15 @@ def check_block(ids: np.ndarray, origin: str, where: str, fld: str, num_experts:
         if dup.any():
             t, lyr, _ = (int(v) for v in np.argwhere(dup)[0])
             raise fail(origin, where, fld, f"[{t}][{lyr}] lists an expert twice in its top-k: {ids[t, lyr].tolist()}")
+
+
+def expert_count(origin: str, model: str | None, num_experts: int | None):
+    """``(preset or None, experts per layer)`` from ``num_experts`` or the preset ``model``; an error naming the
+    file when neither says."""
+    spec = PRESETS.get(model) if model else None
+    E = num_experts if num_experts is not None else (spec.experts if spec else None)
+    if E is None:
+        raise TraceError(f"trace file {origin}: the expert count is unknown: give num_experts (--num-experts) or "
+                         f"a preset model (--model)")
+    return spec, E
+

@@ -20,8 +20,15 @@ import os
 
 import numpy as np
 
-from artifact.models import PRESETS
-from artifact.traces.importers.common import Limits, Records, assemble, fail, file_provenance, read_text
+from artifact.traces.importers.common import (
+    Limits,
+    Records,
+    assemble,
+    expert_count,
+    fail,
+    file_provenance,
+    read_text,
+)
 from artifact.traces.trace import DECODE, PREFILL, Trace, TraceError, make_meta
 
 PHASES = {0: PREFILL, 1: DECODE, "prefill": PREFILL, "decode": DECODE}
@@ -42,11 +49,7 @@ def read(path: str | os.PathLike, model: str | None = None, num_experts: int | N
          phase_field: str | None = None, incomplete_prefill: str = "drop") -> tuple[Trace, list[str]]:
     """Import a JSON-lines routing dump; returns (trace, warnings)."""
     origin = str(path)
-    spec = PRESETS.get(model) if model else None
-    E = num_experts if num_experts is not None else (spec.experts if spec else None)
-    if E is None:
-        raise TraceError(f"trace file {origin}: the expert count is unknown: give num_experts (--num-experts) or "
-                         f"a preset model (--model)")
+    spec, E = expert_count(origin, model, num_experts)
     seq_ids: dict[str, int] = {}
     seq, pos, lyr, ex, gt, ph, ln = [], [], [], [], [], [], []
     K = None

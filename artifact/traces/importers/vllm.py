@@ -30,8 +30,7 @@ import os
 
 import numpy as np
 
-from artifact.models import PRESETS
-from artifact.traces.importers.common import check_block, fail, file_provenance, json_documents
+from artifact.traces.importers.common import check_block, expert_count, fail, file_provenance, json_documents
 from artifact.traces.trace import DECODE, PREFILL, Trace, TraceError, make_meta
 
 
@@ -50,11 +49,7 @@ def read(path: str | os.PathLike, model: str | None = None, num_experts: int | N
     """Import vLLM responses; returns (trace, warnings). ``incomplete_prefill`` is accepted for a uniform API (an
     all-``-1`` cached prompt row is always dropped: it holds no routing)."""
     origin = str(path)
-    spec = PRESETS.get(model) if model else None
-    E = num_experts if num_experts is not None else (spec.experts if spec else None)
-    if E is None:
-        raise TraceError(f"trace file {origin}: the expert count is unknown: give num_experts (--num-experts) or "
-                         f"a preset model (--model)")
+    spec, E = expert_count(origin, model, num_experts)
     note = f"num_experts is {E}" if num_experts is not None else f"model preset {model} has {E} experts"
     blocks, phases, shape, dropped, no_prompt = [], [], None, 0, 0
     for where, resp in json_documents(path):

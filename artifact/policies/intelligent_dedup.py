@@ -69,9 +69,9 @@ def _pow(x: np.ndarray, beta: float) -> np.ndarray:
     raise ValueError(f"intelligent_dedup: beta must be one of {_BETAS}, got {beta}")
 
 
-@register("intelligent_dedup", "ours: reuse rate per slot-time, adaptive recency/frequency, learned next-layer "
-          "prefetch", "this artifact (the seed's Intelligent+Deduplication, redesigned on real routing)",
-          "lookahead or learned co-occurrence, admitted", "uses / visits since / sqrt(distance), adaptive",
+@register("intelligent_dedup", "ours: reuse rate per slot-time, recency/frequency adapted by shadow caches, admitted "
+          "lookahead prefetch", "this artifact (the seed's Intelligent+Deduplication, redesigned on real routing)",
+          "lookahead (learned co-occurrence optional), admitted", "uses / visits since / sqrt(distance), adaptive",
           order=150)
 class IntelligentDedup(Strategy):
     batch_aware = True

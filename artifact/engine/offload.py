@@ -281,7 +281,6 @@ class OffloadSession:
         self.on_step = None  # callable(step index, phase, tokens, ms) after every forward pass (a progress bar)
         self._run: dict | None = None
         self._pending: tuple | None = None
-        self._closed = False
 
     # --- configuration ------------------------------------------------------------------------------------------
     def validate(self, strategy: str, cache_experts: int, protocol: str = "batched", seed: int = 0,
@@ -472,7 +471,6 @@ class OffloadSession:
 
     def close(self) -> None:
         """Release the host slab (its pinned pages) and the device slots; the model can no longer run."""
-        self._closed = True
         self.executor = None
         self.staged = None
         if self.slab is not None:

@@ -87,7 +87,6 @@ MODELS: dict[str, tuple[str, dict]] = {
 QUICK_MODELS = ("tiny-olmoe", "tiny-qwen3-moe")
 FRACTIONS = (0.10, 0.25, 0.50)
 STRATEGIES = ("on_demand", "intelligent_dedup")
-ARMS = ("resident", "offload", "accelerate_device_map", "accelerate_cpu_offload")
 
 FIELDS = [
     "experiment", "point_id", "model", "arm", "strategy", "cache_experts", "cache_fraction", "routed_experts",

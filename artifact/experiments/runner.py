@@ -50,7 +50,6 @@ from artifact.measure.environment import environment
 from artifact.runtime.hardware import HardwareProfile, load_profile
 from artifact.runtime.simulator import simulate
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 TIMELINES_FILE = "timelines.json"
 REFUSED = "refused: "  # the start of a refusal row's note
 
@@ -170,7 +169,7 @@ class _StopOnSignal:
             raise _Interrupted(self.pending)
 
 
-def _worker_init(parent_hint: int) -> None:
+def _worker_init() -> None:
     """In each worker process: leave SIGINT to the runner (a Ctrl-C reaches the whole process group), die on
     SIGTERM, and exit as soon as the runner is gone (its parent changes: killed, or crashed), so no worker runs on
     without a parent whatever the start method."""
@@ -498,7 +497,7 @@ def _split_tasks(groups: OrderedDict, n_jobs: int) -> OrderedDict:
 
 def _run_pool(sim_tasks: list, n_jobs: int, hw: HardwareProfile, env: dict, finish) -> None:
     """Simulator tasks in ``n_jobs`` worker processes; every way out (done, error, signal) ends the workers."""
-    pool = ProcessPoolExecutor(max_workers=n_jobs, initializer=_worker_init, initargs=(os.getpid(),))
+    pool = ProcessPoolExecutor(max_workers=n_jobs, initializer=_worker_init)
     try:
         futs = {pool.submit(_sim_task, t, hw, env): k for k, t in sim_tasks}
         pending = set(futs)

@@ -50,7 +50,7 @@ import numpy as np
 
 from artifact.core.select import smallest_lex
 from artifact.policies import numeric
-from artifact.policies.base import Prefetch, Strategy
+from artifact.policies.base import Prefetch, Recency
 from artifact.policies.registry import register
 
 _FIXED = float(1 << 40)  # values are compared as integers of 2^-40
@@ -73,7 +73,7 @@ def _pow(x: np.ndarray, beta: float) -> np.ndarray:
           "lookahead prefetch", "this artifact (the seed's Intelligent+Deduplication, redesigned on real routing)",
           "lookahead (learned co-occurrence optional), admitted", "uses / visits since / sqrt(distance), adaptive",
           order=150)
-class IntelligentDedup(Strategy):
+class IntelligentDedup(Recency):
     batch_aware = True
 
     def __init__(self, ctx, adaptive: bool = True, distance: bool = True, frequency: bool = True,
@@ -86,15 +86,13 @@ class IntelligentDedup(Strategy):
             raise ValueError(f"intelligent_dedup: need 0 < min_probability <= sure_probability <= 1, got "
                              f"{min_probability}, {sure_probability}")
         self.adaptive, self.distance, self.frequency = adaptive, distance, frequency
-        self.do_prefetch, self.cooccurrence = prefetch, cooccurrence
+        self.do_prefetch = prefetch
         self.use_lookahead = lookahead and ctx.has_lookahead
         self.hardware_window = hardware_window
         self.min_p, self.sure_p, self.margin = min_probability, sure_probability, margin
         n = L * E
         self.uses = np.zeros(n, np.int64)  # layer-steps that read each expert
         self.last = np.full(n, -1, np.int64)  # step of its last read
-        self.recent = np.zeros(ctx.C, np.int64)  # LRU clock per slot (ties)
-        self.clock = 0
         # Adaptive beta: one shadow demand-fetch cache per candidate beta, and their decayed miss counts.
         if beta not in _BETAS:
             raise ValueError(f"intelligent_dedup: beta must be one of {_BETAS}, got {beta}")
@@ -237,17 +235,6 @@ class IntelligentDedup(Strategy):
     def _order(self, key: np.ndarray, cand: np.ndarray, n: int) -> np.ndarray:
         """The ``n`` smallest values; ties go to the least recently touched slot."""
         return smallest_lex(cand, n, key, self.recent[cand])
-
-    def on_fill(self, slots, gids, g, targets=None):
-        self._touch(slots)
-
-    def on_use(self, slots, gids, g):
-        self._touch(slots)
-
-    def _touch(self, slots: np.ndarray) -> None:
-        k = slots.shape[0]
-        self.recent[slots] = np.arange(self.clock, self.clock + k)
-        self.clock += k
 
     # --- prefetch -------------------------------------------------------------------------------------------------
     def _forecast(self, g: int) -> np.ndarray | None:

@@ -24,7 +24,6 @@ from artifact.report import metrics as M  # noqa: E402
 from artifact.report.figures import RC, Plot, _new, _placeholder, _save, color  # noqa: E402
 from artifact.report.tables import Table, describe, fmt_x, is_nan, joined, strategy_order  # noqa: E402
 
-KNOBS = ("locality", "cross_layer")
 MET, NOT_MET = "met", "not met"
 
 

@@ -260,12 +260,3 @@ def replay_workload(trace: Trace, model: ModelSpec, batch: int | None = None) ->
                     np.concatenate(items), np.concatenate(seqs), np.concatenate(pos).astype(np.int32),
                     None if trace.lookahead is None else trace.lookahead[idx],
                     None if trace.gates is None else trace.gates[idx], str(trace.meta.get("source", "")))
-
-
-def phase_steps(trace: Trace) -> np.ndarray:
-    """Per step of a live trace, its phase (PREFILL or DECODE)."""
-    live = trace.meta.get("live") or {}
-    ph = live.get("phases")
-    if ph is None:
-        raise ValueError("trace: no meta.live.phases")
-    return np.asarray(ph, np.int8)

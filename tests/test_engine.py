@@ -470,6 +470,7 @@ def test_calibrate_twice_fits_alike_and_records_spread(one_thread):
     assert {"bandwidth (GB/s)", "latency (ms)"} <= fitted
     assert {f"{n} B (ms)" for n, _ in a.copy_table} <= fitted
     assert {f"eager {k}" for k in a.host_issue_us} <= fitted
+    assert "dependency (us)" in fitted and a.dependency_us == 0.0  # no second stream on the CPU
     _, ok = report(compare_profiles(a, a), 0.0)
     assert ok and all(d.rel == 0.0 for d in compare_profiles(a, a))
 
@@ -544,3 +545,6 @@ def test_gpu_calibrate_quick():
 
     prof = calibrate(device="cuda", quick=True, models=["switch-base-128"])
     assert prof.copy_bandwidth_gbps > 1 and prof.extra["device_name"]
+    dep = prof.extra["dependency"]
+    assert 0.0 <= prof.dependency_us < 100.0 and set(dep["per_pair_ms"]) == {"loads", "computes", "chain"}
+    assert dep["per_pair_ms"]["chain"] >= max(dep["per_pair_ms"]["loads"], dep["per_pair_ms"]["computes"])

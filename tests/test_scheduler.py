@@ -99,28 +99,60 @@ def test_batched_never_loads_more_than_per_item(cfg):
     assert b["unique_requests"] <= p["unique_requests"]
 
 
-def test_timeline_respects_dependencies():
+@pytest.mark.parametrize("dependency_us", [0.0, 7.5])
+def test_timeline_respects_dependencies(dependency_us):
     m = tiny_model(3, 8, 2)
     w = random_workload(m, 3, n_seq=8, seed=3)
+    hw = replace(TEST_HW, dependency_us=dependency_us)
+    d = dependency_us / 1e3
+    binding = 0
     for name in ALL_CACHED:
         try:
-            plan = schedule(w, name, 10, "per_item", hardware=TEST_HW)
+            plan = schedule(w, name, 10, "per_item", hardware=hw)
         except Unrunnable:
             continue
-        tl = simulate(plan, w, TEST_HW)
+        tl = simulate(plan, w, hw)
         for i in range(plan.num_loads):
+            after = []
             if plan.load_wait[i] >= 0:
-                assert tl.load_start[i] >= tl.comp_end[plan.load_wait[i]] - 1e-12
+                after.append(tl.comp_end[plan.load_wait[i]])
             if plan.load_gate[i] >= 0:
-                assert tl.load_start[i] >= tl.nonmoe_end[plan.load_gate[i]] - 1e-12
+                after.append(tl.nonmoe_end[plan.load_gate[i]])
+            if after:
+                assert tl.load_start[i] >= max(after) + d - 1e-12  # a wait across the streams costs d
+                binding += abs(tl.load_start[i] - (max(after) + d)) < 1e-12
             if i:
                 assert tl.load_start[i] >= tl.load_end[i - 1] - 1e-12  # one FIFO link
         for c in range(plan.num_computes):
             loads = plan.use_load[plan.uses(c)]
             loads = loads[loads >= 0]
             if loads.size:
-                assert tl.comp_start[c] >= tl.load_end[loads].max() - 1e-12
-            assert tl.comp_start[c] >= tl.nonmoe_end[plan.comp_ls[c]] - 1e-12
+                assert tl.comp_start[c] >= tl.load_end[loads].max() + d - 1e-12
+            assert tl.comp_start[c] >= tl.nonmoe_end[plan.comp_ls[c]] - 1e-12  # same stream: no wait
+    assert binding > 0  # some load waited on the compute stream, so the check above had teeth
+
+
+def test_dependency_latency_on_one_demand_miss():
+    """One layer, one token, an empty cache: NON-MoE, then the LOAD (one wait), then the COMPUTE (another wait),
+    added up by hand."""
+    m = tiny_model(1, 4, 1)
+    w = random_workload(m, 1, n_seq=1, min_len=1, max_len=1, seed=0)
+    hw = replace(TEST_HW, dependency_us=10.0)
+    plan = schedule(w, "on_demand", 2, "batched", hardware=hw)
+    assert plan.num_loads == 1 and plan.num_computes == 1
+    tl = simulate(plan, w, hw)
+    nm = float(hw.nonmoe_ms(1, m.name))
+    copy = float(hw.copy_ms(m.expert_bytes))
+    comp = float(hw.compute_ms(m.name, np.array([1]), np.array([1]))[0])
+    assert tl.total_ms == pytest.approx(nm + 0.010 + copy + 0.010 + comp, rel=1e-12)
+    assert simulate(plan, w, TEST_HW).total_ms == pytest.approx(nm + copy + comp, rel=1e-12)
+
+
+def test_profile_refuses_a_bad_dependency():
+    with pytest.raises(ValueError, match="dependency_us"):
+        replace(TEST_HW, dependency_us=-1.0)
+    with pytest.raises(ValueError, match="dependency_us"):
+        replace(TEST_HW, dependency_us=float("nan"))
 
 
 # --- no strategy sees the future -----------------------------------------------------------------------------------

@@ -16,7 +16,11 @@ What is measured, and how (the simulator times plans from exactly these tables):
   ``GRID_TOKENS``. Each model's slots and activations are allocated once, for the largest group and token count it
   needs within ``memory_budget`` bytes (a DeepSeek-V3 expert is 88 MB), and every cell runs on views of them. A
   cell whose repeats scatter by more than 2% (IQR over median) is measured again (up to twice more) and the median
-  of its passes kept; ``extra["compute_spread"]`` records the spread per model.
+  of its passes kept; ``extra["compute_spread"]`` records the spread per model. Back-to-back calls read disjoint
+  windows of slots in rotation (``ROTATE_WINDOWS``), as consecutive layer-steps of the engine read other experts: a
+  call never finds its weights left in the L2 cache by the previous one (3 us of a 31 us COMPUTE on the H200).
+- **Cross-stream wait** (``dependency_us``, :func:`measure_dependency`): what a LOAD -> COMPUTE -> LOAD chain with
+  event waits costs beyond its parts, per wait, inside a CUDA graph (``extra["dependency"]``).
 - **NON-MoE stand-in** (RMSNorm + ``[d_model x d_model]`` matmul + residual add) against tokens in the step, per
   model (``extra["nonmoe_tables"]``; the first model's is the profile's ``nonmoe_table``).
 - **Host issue costs** (``host_issue_us``): microseconds of host time per NON-MoE op, LOAD, COMPUTE and expert in
@@ -33,6 +37,7 @@ run it. ``python -m artifact.measure.calibrate --compare A.json B.json`` holds t
 
 from __future__ import annotations
 
+import itertools
 import platform
 import statistics
 from collections.abc import Sequence
@@ -64,6 +69,10 @@ QUICK_GRID_TOKENS = (1, 4)
 MEMORY_BUDGET = 16_000_000_000  # bytes of slots + activations one model's FFN timings may hold (at most half free)
 RETIME_IQR = 0.02  # a COMPUTE-grid cell whose repeats scatter more than this is measured again
 RETIME_PASSES = 2
+# COMPUTE timings rotate over this many disjoint windows of slots (when the bench holds them): 8 switch-base-128
+# experts are 75 MB, more than an H200's 50 MB L2 cache, so no call reads weights the previous one left there.
+ROTATE_WINDOWS = 8
+DEPENDENCY_CHAIN = 24  # LOAD -> COMPUTE pairs in the graph that times the cross-stream wait
 
 
 def measure_copy(device: str | torch.device = "cuda", sizes_bytes: Sequence[int] = (), repeats: int = 20,
@@ -134,18 +143,32 @@ class ComputeBench:
         if group > self.max_group or n > self.x.shape[0]:
             raise ValueError(f"ComputeBench of {self.model.name}: {group} experts x {tokens} tokens exceed its "
                              f"{self.max_group} slots or {self.x.shape[0]} rows")
+        k = self.kernels
+        works = self.works(group, tokens)
+        turn = itertools.cycle(works)
+        with torch.inference_mode():
+            # On CUDA the engine replays whole plans as graphs (its default), so time COMPUTEs the same way; calls
+            # back to back read other slots (other experts), as the engine's layer-steps do, so a call does not
+            # find the previous call's weights in the L2 cache.
+            return self.timer.graph_samples(lambda: k.run(next(turn), self.x, self.out), repeats)
+
+    def works(self, group: int, tokens: int, windows: int = ROTATE_WINDOWS) -> list[list[tuple]]:
+        """Work lists of one COMPUTE of ``group`` experts x ``tokens`` tokens, on up to ``windows`` disjoint windows
+        of ``group`` slots (as many as the bench holds)."""
+        n = group * tokens
         dev, k = self.device, self.kernels
         rows = torch.randperm(self.x.shape[0], generator=self.gen, device=dev)[:n]  # a scattered gather
         gate = torch.full((n, 1), 0.5, device=dev, dtype=self.dtype)  # [n, 1]
-        if self.ffn == "grouped":
-            offs = torch.arange(1, group + 1, device=dev, dtype=torch.int32) * tokens  # [group]
-            work = [k.chunk_work(rows, gate, 0, group, offs)]
-        else:
-            work = [k.use_work(rows[j * tokens:(j + 1) * tokens], gate[j * tokens:(j + 1) * tokens], j)
-                    for j in range(group)]
-        with torch.inference_mode():
-            # On CUDA the engine replays whole plans as graphs (its default), so time COMPUTEs the same way.
-            return self.timer.graph_samples(lambda: k.run(work, self.x, self.out), repeats)
+        offs = torch.arange(1, group + 1, device=dev, dtype=torch.int32) * tokens  # [group]
+        out = []
+        for w in range(max(1, min(windows, self.max_group // group))):
+            lo = w * group
+            if self.ffn == "grouped":
+                out.append([k.chunk_work(rows, gate, lo, lo + group, offs)])
+            else:
+                out.append([k.use_work(rows[j * tokens:(j + 1) * tokens], gate[j * tokens:(j + 1) * tokens], lo + j)
+                            for j in range(group)])
+        return out
 
 
 def _bench_for(model: ModelSpec, dev: torch.device, dt: torch.dtype, ffn: str, grid_groups: Sequence[int],
@@ -210,6 +233,80 @@ def measure_compute_grid(bench: ComputeBench, groups: Sequence[int], tokens: Seq
             "spread": {"iqr_rel": [[v for v in r] for r in _rows(spreads, len(tokens))],
                        "iqr_rel_median": statistics.median(iqr), "iqr_rel_max": max(iqr),
                        "retimed": [s for s in spreads if s["passes"] > 1], "repeats": repeats}}
+
+
+def measure_dependency(bench: ComputeBench, repeats: int = 15, chain: int = DEPENDENCY_CHAIN) -> dict:
+    """Latency of a wait across the copy and compute streams, inside a CUDA graph as the engine's graph mode has it.
+
+    Three graphs of ``chain`` operations each, every replay timed (GPU time, the stream held while the host queues):
+    LOADs alone (one expert each, from a slice of one pinned host slab into a slot, back to back on a copy stream);
+    COMPUTEs alone (one expert x one token, slots in rotation); and the chain LOAD i -> COMPUTE i (on the slot just
+    loaded, waiting for the LOAD's event) -> LOAD i+1 (waiting for COMPUTE i's event), the pattern of a demand miss.
+    The chain's time beyond the sum of its parts, per wait (two per pair), is the profile's ``dependency_us``
+    (clipped at 0). On the CPU every op is synchronous and there is no second stream: 0.
+    """
+    if bench.device.type != "cuda":
+        return {"dependency_us": 0.0, "method": "no device streams on the CPU: not modelled"}
+    dev, k = bench.device, bench.kernels
+    works = bench.works(1, 1)
+    rot = len(works)
+    slots = k.slots.view(torch.uint8).view(k.slots.shape[0], -1)  # [S, bytes]
+    nbytes = slots.shape[1]
+    host = torch.empty(rot, nbytes, dtype=torch.uint8, pin_memory=True)  # one pinned slab: a slice per expert
+    host.fill_(1)
+    cs, ks = torch.cuda.Stream(dev), torch.cuda.Stream(dev)
+
+    def capture(kind: str) -> torch.cuda.CUDAGraph:
+        loaded = [torch.cuda.Event() for _ in range(chain)]
+        done = [torch.cuda.Event() for _ in range(chain)]
+        graph = torch.cuda.CUDAGraph()
+        torch.cuda.synchronize(dev)
+        with torch.cuda.graph(graph, stream=cs):
+            ks.wait_stream(cs)
+            for i in range(chain):
+                j = i % rot
+                if kind != "computes":
+                    with torch.cuda.stream(ks):
+                        if kind == "chain" and i:
+                            ks.wait_event(done[i - 1])
+                        slots[j].copy_(host[j], non_blocking=True)
+                        loaded[i].record(ks)
+                if kind != "loads":
+                    if kind == "chain":
+                        cs.wait_event(loaded[i])
+                    k.run(works[j], bench.x, bench.out)
+                    done[i].record(cs)
+            cs.wait_stream(ks)
+        return graph
+
+    per_op = {}
+    spreads = {}
+    with torch.inference_mode():
+        for w in works:  # lazy initialisation outside the capture
+            k.run(w, bench.x, bench.out)
+        for kind in ("loads", "computes", "chain"):
+            graph = capture(kind)
+            with torch.cuda.stream(cs):
+                graph.replay()  # the first launch uploads the graph
+                torch.cuda.synchronize(dev)
+                ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                      for _ in range(repeats)]
+                torch.cuda._sleep(int(2e6))
+                for a, b in ev:
+                    a.record(cs)
+                    graph.replay()
+                    b.record(cs)
+                torch.cuda.synchronize(dev)
+            ms = [a.elapsed_time(b) / chain for a, b in ev]
+            per_op[kind] = statistics.median(ms)
+            spreads[kind] = spread(ms)
+            del graph
+    extra_ms = per_op["chain"] - per_op["loads"] - per_op["computes"]
+    return {"dependency_us": max(0.0, extra_ms / 2 * 1e3), "per_pair_ms": per_op, "chain": chain, "slots": rot,
+            "expert_bytes": int(nbytes), "repeats": repeats,
+            "iqr_rel": {kind: sp["iqr_rel"] for kind, sp in spreads.items()},
+            "method": "graphs of LOADs alone, COMPUTEs alone (1 expert x 1 token) and the chain LOAD -> COMPUTE -> "
+                      "LOAD with an event wait each way; (chain - LOADs - COMPUTEs) / 2 per pair"}
 
 
 def _rows(spreads: list[dict], width: int) -> list[list[float]]:
@@ -365,6 +462,8 @@ def calibrate(device: str = "cuda", models: Sequence[str | ModelSpec] | None = N
         group_tables[spec.name] = [list(p) for p in gtab]
         nonmoe_tables[spec.name] = [list(p) for p in measure_nonmoe(spec.d_model, dev, dtype, tokens, reps)]
         grid = measure_compute_grid(bench, fits, g_tok, reps)
+        if spec is specs[0]:  # a property of the device's streams: measured once, with the first model's experts
+            dependency = measure_dependency(bench, repeats=3 if quick else 15)
         compute_tables[spec.name] = grid["table"]
         compute_spread[spec.name] = grid["spread"]
         grid_experts[spec.name] = {"measured": grid["table"]["experts"], "asked": g_exp,
@@ -380,13 +479,14 @@ def calibrate(device: str = "cuda", models: Sequence[str | ModelSpec] | None = N
         name=name or gpu_family(dev),
         description=f"{dev_name}, calibrated by artifact.measure.calibrate ({dtype}, {path} FFN path, "
                     f"median of {reps}; COMPUTEs and NON-MoE parts timed inside CUDA graphs of 8 back-to-back calls "
-                    f"on CUDA, as the engine's graph mode runs them; copies until the median's 95% CI is within "
-                    f"0.5%)",
+                    f"on CUDA, as the engine's graph mode runs them, COMPUTEs on slots in rotation; copies until the "
+                    f"median's 95% CI is within 0.5%; cross-stream wait from a LOAD-COMPUTE chain)",
         copy_table=tuple(copy_table),
         ffn_tables=ffn_tables,
         nonmoe_table=tuple((t, ms) for t, ms in nonmoe_tables[first.name]),
         source=f"artifact.measure.calibrate on {now}",
         compute_tables=compute_tables,
+        dependency_us=float(dependency["dependency_us"]),
     )
     # The host-issue runs are planned on the profile measured so far (planning needs one; gpu_only and on_demand
     # decide without reading it), then their fit completes it: in the mode the grids run (graph on CUDA).
@@ -412,6 +512,7 @@ def calibrate(device: str = "cuda", models: Sequence[str | ModelSpec] | None = N
             "copy_method": "the engine's copy pattern: one pinned slab, distinct slices into alternating device "
                            "slots, bursts back to back on a copy stream held while the host queues, CUDA events per "
                            "copy; sizes round-robin, rounds until the median's 95% CI half-width <= 0.5%",
+            "dependency": dependency,
             "ffn_group": grp,
             "ffn_group_tables": group_tables,
             "ffn_issue_us": issue_tables,
@@ -476,6 +577,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sp = prof.extra["copy_spread"][b]
         print(f"    {int(b) / MB:9.3f} MB  {gbps:6.1f} GB/s  (95% CI +-{100 * (sp['ci95_rel'] or 0):.2f}%, "
               f"{sp['rounds']} rounds)")
+    print(f"  cross-stream wait: {prof.dependency_us:.2f} us")
     print(f"  host issue ({prof.extra['host_issue_mode']}): " + ", ".join(f"{k} {v:.2f}" for k, v in
                                                                         prof.host_issue_us.items()))
     for m, tab in prof.ffn_tables.items():

@@ -4,15 +4,15 @@
 how many figures both profiles have, the worst relative difference and every figure beyond the tolerance, and
 exits 1 when a *fitted* figure disagrees:
 
-- fitted (the copy model and the host issue model: what the simulator extrapolates with): the copy line's
-  bandwidth and latency (:func:`~artifact.runtime.hardware.copy_line`), the copy time at every size both measured,
-  and the host issue cost per op of each engine mode;
+- fitted (the copy model, the cross-stream wait and the host issue model: what the simulator extrapolates with):
+  the copy line's bandwidth and latency (:func:`~artifact.runtime.hardware.copy_line`), the copy time at every size
+  both measured, ``dependency_us``, and the host issue cost per op of each engine mode;
 - measured tables (reported, not part of the exit status): expert FFN, COMPUTE grid and NON-MoE times.
 
 A figure agrees when ``|a - b| <= tolerance * max(|a|, |b|)`` or when the absolute difference is under the floor
 of its kind, below which a figure is timer jitter, not a property of the machine: 1 us for the copy latency (an
-intercept of a line through copies of up to 352 MB, each timed to a few us), 0.5 us for host issue costs and
-device timings.
+intercept of a line through copies of up to 352 MB, each timed to a few us), 0.5 us for host issue costs, the
+cross-stream wait and device timings.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def compare_profiles(a: HardwareProfile, b: HardwareProfile) -> list[Difference]
     """Every figure both profiles have, with the floor of its kind and whether it is fitted."""
     out = [Difference("copy line", "bandwidth (GB/s)", a.copy_bandwidth_gbps, b.copy_bandwidth_gbps, 0.0, True),
            Difference("copy line", "latency (ms)", a.copy_latency_ms, b.copy_latency_ms, LATENCY_FLOOR_MS, True)]
+    out.append(Difference("stream wait", "dependency (us)", a.dependency_us, b.dependency_us, HOST_FLOOR_US, True))
     bt = dict(b.copy_table)
     out += [Difference("copy table", f"{n} B (ms)", ms, bt[n], 0.0, True) for n, ms in a.copy_table if n in bt]
     modes_a = _host_modes(a)

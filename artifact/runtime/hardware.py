@@ -11,7 +11,9 @@ A profile gives
   in tokens (flat below its first point, linear extrapolation past its last);
 - the time of the NON-MoE part of a layer (attention, norms, router) as a function of tokens in the step;
 - the host time to issue each kind of operation (``host_issue_us``): an engine whose host is slower than its GPU
-  is host-bound, and the simulator then waits for the host as a third resource.
+  is host-bound, and the simulator then waits for the host as a third resource;
+- the latency of a wait across the two device streams (``dependency_us``): a LOAD that waits for a COMPUTE or
+  NON-MoE part, or a COMPUTE that waits for its LOAD, starts this long after the operation it waits on ends.
 
 Profiles are JSON files with their provenance (``source``, ``description``, ``extra``): ``load_profile(name)`` reads
 ``results/hardware/NAME.json`` (the calibrated ``h200.json``, the modelled ``a100-pcie4.json``) or a JSON path.
@@ -47,10 +49,17 @@ class HardwareProfile:
     compute_tables: dict = field(default_factory=dict)
     # Host time to issue one op (us): {"nonmoe_us", "load_us", "compute_us", "use_us"}; empty = the host runs ahead.
     host_issue_us: dict = field(default_factory=dict)
+    # Latency (us) a device operation adds when it waits on an operation of the other stream (a LOAD on the COMPUTE
+    # or NON-MoE part that frees its slot or gates it; a COMPUTE on its last LOAD): the cross-stream event edge of
+    # the engine's graph. 0 = none modelled.
+    dependency_us: float = 0.0
 
     def __post_init__(self) -> None:
         if len(self.copy_table) < 2:
             raise ValueError(f"hardware profile {self.name}: copy_table needs at least 2 (bytes, ms) points")
+        if not (math.isfinite(self.dependency_us) and self.dependency_us >= 0):
+            raise ValueError(f"hardware profile {self.name}: dependency_us must be a finite number >= 0, got "
+                             f"{self.dependency_us!r}")
         object.__setattr__(self, "_copy_fit", copy_line(self.copy_table))
 
     @property
@@ -117,7 +126,8 @@ class HardwareProfile:
                        nonmoe_table=tuple((int(n), float(t)) for n, t in d["nonmoe_table"]),
                        source=d.get("source", ""), extra=d.get("extra", {}),
                        compute_tables=_check_compute_tables(d.get("compute_tables", {}), origin),
-                       host_issue_us={k: float(v) for k, v in d.get("host_issue_us", {}).items()})
+                       host_issue_us={k: float(v) for k, v in d.get("host_issue_us", {}).items()},
+                       dependency_us=float(d.get("dependency_us", 0.0)))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"hardware profile {origin}: bad or missing field ({type(exc).__name__}: {exc})") from None
 

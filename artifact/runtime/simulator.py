@@ -12,6 +12,9 @@ first, then ``g``'s NON-MoE part, then for each COMPUTE its remaining LOADs and 
   last read its slot has finished; lasts ``copy_ms(expert bytes)``.
 - COMPUTE: starts when the stream is free and every LOAD it reads has finished; lasts
   ``compute_ms(experts it runs, tokens it runs)``.
+- A wait across the streams (a LOAD on the compute stream's op it waits for, a COMPUTE on its last LOAD) adds
+  ``dependency_us``: the dependent operation starts that long after the one it waits on ends (the engine waits on
+  one event per operation, recorded after the latest op it needs).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ def simulate(plan: Plan, workload: Workload, hw: HardwareProfile, expert_bytes: 
     else:
         t_comp = [0.0] * plan.num_computes
     host = hw.host_issue_us
+    dep = hw.dependency_us / 1e3
     h_nonmoe = host.get("nonmoe_us", 0.0) / 1e3
     h_load = host.get("load_us", 0.0) / 1e3
     h_comp = ((host.get("compute_us", 0.0) + host.get("use_us", 0.0) * n_exp) / 1e3).tolist()
@@ -70,11 +74,11 @@ def simulate(plan: Plan, workload: Workload, hw: HardwareProfile, expert_bytes: 
         hclock += h_load
         s = max(link, hclock)
         gl = gate[i]
-        if gl >= 0 and ls_end[gl] > s:
-            s = ls_end[gl]
         w = wait[i]
-        if w >= 0 and ce[w] > s:
-            s = ce[w]
+        if gl >= 0 or w >= 0:
+            after = max(ls_end[gl] if gl >= 0 else 0.0, ce[w] if w >= 0 else 0.0) + dep
+            if after > s:
+                s = after
         lstart[i] = s
         link = s + t_copy
         lend[i] = link
@@ -103,8 +107,8 @@ def simulate(plan: Plan, workload: Workload, hw: HardwareProfile, expert_bytes: 
         s = max(stream, hclock)
         ready[c] = s
         n = need[c]
-        if n >= 0 and lend[n] > s:
-            s = lend[n]
+        if n >= 0 and lend[n] + dep > s:
+            s = lend[n] + dep
         cs[c] = s
         stream = s + t_comp[c]
         ce[c] = stream

@@ -6,8 +6,12 @@ exits 1 when a *fitted* figure disagrees:
 
 - fitted (the copy model, the cross-stream wait and the host issue model: what the simulator extrapolates with):
   the copy line's bandwidth and latency (:func:`~artifact.runtime.hardware.copy_line`), the copy time at every size
-  both measured, ``dependency_us``, and the host issue cost per op of each engine mode;
-- measured tables (reported, not part of the exit status): expert FFN, COMPUTE grid and NON-MoE times.
+  both measured, ``dependency_us``, and the host issue cost per op of the engine mode the grids run on that device
+  (``extra["host_issue_mode"]``: graph replay on CUDA);
+- reported, not part of the exit status: the measured tables (expert FFN, COMPUTE grid and NON-MoE times) and the
+  host issue fit of the other engine mode (eager on CUDA: used only by ``--eager`` runs, no committed row). The
+  eager fit is a regression of Python issue times that vary by tens of percent between calls on a shared host (the
+  H200 calls of 2026-11-30: 22.8 vs 29.1 us per LOAD), so it cannot be held to a 2% tolerance.
 
 A figure agrees when ``|a - b| <= tolerance * max(|a|, |b|)`` or when the absolute difference is under the floor
 of its kind, below which a figure is timer jitter, not a property of the machine: 1 us for the copy latency (an
@@ -53,10 +57,12 @@ def compare_profiles(a: HardwareProfile, b: HardwareProfile) -> list[Difference]
     out += [Difference("copy table", f"{n} B (ms)", ms, bt[n], 0.0, True) for n, ms in a.copy_table if n in bt]
     modes_a = _host_modes(a)
     modes_b = _host_modes(b)
+    primary = _primary_mode(a)
     for mode in sorted(set(modes_a) & set(modes_b)):
+        fitted = mode == primary
         for k in sorted(set(modes_a[mode]) & set(modes_b[mode])):
-            out.append(Difference("host issue", f"{mode} {k}", float(modes_a[mode][k]), float(modes_b[mode][k]),
-                                  HOST_FLOOR_US, True))
+            out.append(Difference("host issue" if fitted else "host issue, other mode", f"{mode} {k}",
+                                  float(modes_a[mode][k]), float(modes_b[mode][k]), HOST_FLOOR_US, fitted))
     for model in sorted(set(a.ffn_tables) & set(b.ffn_tables)):
         tb = dict(b.ffn_tables[model])
         out += [Difference("ffn table", f"{model} t={t} (ms)", ms, tb[t], DEVICE_FLOOR_MS, False)
@@ -77,6 +83,12 @@ def compare_profiles(a: HardwareProfile, b: HardwareProfile) -> list[Difference]
     return out
 
 
+def _primary_mode(p: HardwareProfile) -> str:
+    """The engine mode whose host issue costs the profile's simulations use (``host_issue_us``)."""
+    extra = p.extra if isinstance(p.extra, dict) else {}
+    return str(extra.get("host_issue_mode", "eager"))
+
+
 def _host_modes(p: HardwareProfile) -> dict[str, dict]:
     extra = p.extra if isinstance(p.extra, dict) else {}
     modes = dict(extra.get("host_issue_us_by_mode") or {})
@@ -92,12 +104,12 @@ def report(diffs: list[Difference], tolerance: float) -> tuple[list[str], bool]:
     families: dict[str, list[Difference]] = {}
     for d in diffs:
         families.setdefault(d.family, []).append(d)
-    lines.append(f"{'family':<14} {'figures':>7} {'worst rel diff':>15} {'beyond':>7}  kind")
+    lines.append(f"{'family':<22} {'figures':>7} {'worst rel diff':>15} {'beyond':>7}  kind")
     for fam, ds in families.items():
         bad = [d for d in ds if not d.ok(tolerance)]
         worst = max(ds, key=lambda d: d.rel)
         kind = "fitted" if ds[0].fitted else "measured"
-        lines.append(f"{fam:<14} {len(ds):>7} {100 * worst.rel:>14.2f}% {len(bad):>7}  {kind} (worst: {worst.figure})")
+        lines.append(f"{fam:<22} {len(ds):>7} {100 * worst.rel:>14.2f}% {len(bad):>7}  {kind} (worst: {worst.figure})")
         if ds[0].fitted and bad:
             fitted_ok = False
     for d in diffs:

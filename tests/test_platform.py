@@ -74,3 +74,27 @@ def test_numeric_refuses_float_products_and_keys():
     with pytest.raises(TypeError, match="fixed point"):
         top_k_rows(np.array([[0.5, 0.25]]), 1)
     assert numeric.fixed(np.array([0.5])).tolist() == [1 << (numeric.FIXED_BITS - 1)]
+
+
+@pytest.mark.parametrize("top", [1 << 20, 1 << 26, 1 << 27])
+def test_numeric_matmul_is_the_exact_integer_product(top):
+    """Below the 2**53 bound the product goes through float64 BLAS; above it, numpy's integer product. Both equal
+    an independent reference: Python's unbounded integers, summed one term at a time."""
+    rng = np.random.default_rng(top)
+    a = rng.integers(-top, top, (5, 128), dtype=np.int64)
+    b = rng.integers(-top, top, (128, 7), dtype=np.int64)
+    ref = [[sum(int(a[i, k]) * int(b[k, j]) for k in range(128)) for j in range(7)] for i in range(5)]
+    got = numeric.matmul(a, b)
+    assert got.dtype == np.int64 and got.tolist() == ref
+
+
+def test_top_k_rows_is_the_stable_sorts_first_k():
+    """The partition path of top_k_rows against an independent reference: a stable descending sort's first k."""
+    from artifact.policies.base import top_k_rows
+
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        T, E = int(rng.integers(1, 20)), int(rng.integers(5, 200))
+        k = int(rng.integers(1, min(9, E)))  # k >= E: every index (the set, not an order)
+        s = rng.integers(-3 if rng.random() < 0.5 else 0, int(rng.choice([3, 1 << 20])), (T, E))
+        assert np.array_equal(top_k_rows(s, k), np.argsort(-s, axis=1, kind="stable")[:, :k]), (T, E, k)

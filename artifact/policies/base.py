@@ -144,9 +144,12 @@ def ranked(experts: np.ndarray, items: np.ndarray, layer: int, E: int) -> tuple[
         return z, z, z
     e = flat[ok]
     it = np.repeat(items.astype(np.int64), k)[ok]
-    u, c = np.unique(e, return_counts=True)
-    ui = np.unique(it * E + e) % E
-    ic = np.bincount(ui, minlength=E)[u]
+    counts = np.bincount(e, minlength=E)  # [E]: tokens per expert
+    u = np.flatnonzero(counts)  # ascending, as np.unique's
+    c = counts[u]
+    # distinct items per expert: mark each (item, expert) pair once, then count the items of each expert
+    seen = np.bincount(it * E + e, minlength=(int(it.max()) + 1) * E).reshape(-1, E) > 0  # [items, E]
+    ic = seen.sum(axis=0)[u]
     order = np.lexsort((u, -c))
     return u[order] + layer * E, c[order], ic[order]
 
@@ -157,6 +160,15 @@ def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
         return np.tile(np.arange(scores.shape[1]), (scores.shape[0], 1))
     if scores.dtype.kind == "f":
         raise TypeError("top_k_rows: scores must be integers (fixed point) so every platform picks the same")
+    n = scores.shape[1]
+    if k == 1:
+        return np.argmax(scores, axis=1)[:, None]  # the first maximum: ties to the lower index
+    if k * 4 < n and np.abs(scores).max() < (1 << 62) // n:
+        # One distinct integer key per entry (score descending, then index ascending): the k smallest keys are the
+        # stable sort's first k; partition, then order just those.
+        key = -scores.astype(np.int64) * n + np.arange(n)
+        part = np.argpartition(key, k - 1, axis=1)[:, :k]
+        return np.take_along_axis(part, np.argsort(np.take_along_axis(key, part, axis=1), axis=1), axis=1)
     return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
 

@@ -20,10 +20,21 @@ def total(x: np.ndarray, axis=None, keepdims: bool = False) -> np.ndarray:
     return np.sum(x, axis=axis, keepdims=keepdims)
 
 
+EXACT_FLOAT = 2 ** 53  # every integer below this is a float64, and so is every sum of such integers below it
+
+
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Matrix product of integer matrices (exact in any order below 2**63; the platform test perturbs it)."""
+    """Matrix product of integer matrices, exact (the platform test perturbs its summation order).
+
+    When no partial sum can reach 2**53 (``max|a| * max|b| * inner < 2**53``), every product and every partial sum
+    in any order is an integer a float64 holds exactly, so the BLAS float64 product is exact whatever its order or
+    blocking, and it is returned as int64; otherwise numpy's integer product (exact below 2**63)."""
     if a.dtype.kind == "f" or b.dtype.kind == "f":
         raise TypeError("numeric.matmul: integer operands only (a float product's bits depend on summation order)")
+    if a.size and b.size:
+        bound = int(np.abs(a).max()) * int(np.abs(b).max()) * a.shape[-1]
+        if bound < EXACT_FLOAT:
+            return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
     return a @ b
 
 

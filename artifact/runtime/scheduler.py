@@ -239,18 +239,19 @@ class Scheduler:
         n = incoming.shape[0]
         allowed = strat.partition(layer)
         out = []
+        occupied = st.slot_gid >= 0
         if st.n_free:
-            free = self.all_slots[(st.slot_gid < 0) & ~pinned]
+            free = (~(occupied | pinned)).nonzero()[0]
             if allowed is not None:
                 free = free[allowed[free]]
             out.append(free[:n])
             n -= out[0].shape[0]
         if n > 0:
-            ok = (st.slot_gid >= 0) & ~pinned
+            ok = occupied & ~pinned
             if allowed is not None:
                 ok &= allowed
             unprot = ok & (st.slot_protect <= g)
-            pick = strat.evict(self.all_slots[unprot], n, g, incoming)
+            pick = strat.evict(unprot.nonzero()[0], n, g, incoming)
             out.append(pick)
             n -= pick.shape[0]
             if n > 0 and allow_protected:
@@ -258,6 +259,8 @@ class Scheduler:
                 prot = self.all_slots[ok & ~unprot]
                 order = np.argsort(-st.slot_protect[prot], kind="stable")
                 out.append(prot[order[:n]])
+        if len(out) == 1:
+            return out[0]
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
     def layer_step(self, g: int) -> None:
@@ -270,18 +273,23 @@ class Scheduler:
         layer = g % self.L
         strat.observe(g)
         first_compute_of_g = pb.next_compute
+        allowed = strat.partition(layer)
+        cap = C if allowed is None else int(allowed.sum())
+        where = st.where
+        first_load_of_g = pb.next_load
         for item, gids, counts in self.source.groups(g, per_item):
-            slots = st.where[gids]
+            slots = where[gids]  # fancy indexing: a fresh array, changed in place below
             hit = slots >= 0
-            if per_item and hit.any():
+            # A hit is stale only in a slot filled at this layer-step (for another item): none before its first load.
+            if per_item and pb.next_load > first_load_of_g and hit.any():
                 hs = slots[hit]
                 stale = (st.slot_fill_ls[hs] == g) & (st.slot_fill_item[hs] != item)
                 reload = np.zeros(gids.shape[0], bool)
                 reload[np.nonzero(hit)[0][stale]] = True
+                if not reload.any():
+                    reload = None
             else:
                 reload = None
-            allowed = strat.partition(layer)
-            cap = C if allowed is None else int(allowed.sum())
             if gids.shape[0] > cap:
                 # More experts than slots: run the group in chunks, residents first.
                 order = np.argsort(~hit, kind="stable")
@@ -289,23 +297,27 @@ class Scheduler:
             else:
                 chunks = [None]
             for ch in chunks:
-                cg = gids if ch is None else gids[ch]
-                cc = counts if ch is None else counts[ch]
-                cs = st.where[cg].copy()
-                chit = cs >= 0
-                if reload is not None:
-                    chit &= ~(reload if ch is None else reload[ch])
-                pinned = np.zeros(C, bool)
-                pinned[cs[cs >= 0]] = True
-                miss_idx = np.nonzero(cs < 0)[0]
+                if ch is None:
+                    cg, cc, cs, chit = gids, counts, slots, hit
+                else:
+                    cg, cc = gids[ch], counts[ch]
+                    cs = where[cg]  # fancy indexing: a copy
+                    chit = cs >= 0
+                miss_idx = (~chit).nonzero()[0]
                 if miss_idx.size:
+                    pinned = np.zeros(C, bool)
+                    pinned[cs[chit]] = True
                     vic = self.victims(cg[miss_idx], pinned, layer, g, True)
                     if vic.shape[0] < miss_idx.size:
                         raise RuntimeError(f"scheduler: layer-step {g} needs {miss_idx.size} slots, "
                                            f"found {vic.shape[0]} (cache {C})")
                     st.place(vic, cg[miss_idx])
                     cs[miss_idx] = vic
-                load_idx = np.nonzero(~chit)[0]  # misses and per-item reloads, in gid order
+                if reload is not None:
+                    chit &= ~(reload if ch is None else reload[ch])
+                    load_idx = (~chit).nonzero()[0]  # misses and per-item reloads, in gid order
+                else:
+                    load_idx = miss_idx
                 if load_idx.size:
                     ls_slots = cs[load_idx]
                     first = pb.next_load

@@ -68,53 +68,74 @@ def simulate(plan: Plan, workload: Workload, hw: HardwareProfile, expert_bytes: 
     hclock = 0.0
     li = 0
     next_g = 0
-
-    def issue_load(i: int) -> None:
-        nonlocal link, hclock
-        hclock += h_load
-        s = max(link, hclock)
-        gl = gate[i]
-        w = wait[i]
-        if gl >= 0 or w >= 0:
-            after = max(ls_end[gl] if gl >= 0 else 0.0, ce[w] if w >= 0 else 0.0) + dep
-            if after > s:
-                s = after
-        lstart[i] = s
-        link = s + t_copy
-        lend[i] = link
-
-    def run_nonmoe_until(g: int, c: int) -> None:
-        """Issue the NON-MoE parts up to layer-step g; before each, the loads decided earlier that are due at c."""
-        nonlocal stream, next_g, li, hclock
-        while next_g <= g:
-            if next_g == g:
-                while li < N and before[li] <= c and gate[li] < g:
-                    issue_load(li)
+    # One pass in host issue order; the LOAD issue is written out at its three places (a nested function per LOAD
+    # costs more than the arithmetic it does). A LOAD starts when the link and the host are ready and, when it waits
+    # on the compute stream (its gate's NON-MoE part, the COMPUTE that last read its slot), ``dep`` after that.
+    for c in range(M + 1):
+        g_to = comp_ls[c] if c < M else G - 1
+        while next_g <= g_to:
+            if next_g == g_to:  # the loads decided earlier that are due before this layer-step's first COMPUTE
+                while li < N and before[li] <= c and gate[li] < g_to:
+                    hclock += h_load
+                    st = link if link > hclock else hclock
+                    gl, w = gate[li], wait[li]
+                    if gl >= 0 or w >= 0:
+                        after = (ls_end[gl] if gl >= 0 else 0.0)
+                        if w >= 0 and ce[w] > after:
+                            after = ce[w]
+                        after += dep
+                        if after > st:
+                            st = after
+                    lstart[li] = st
+                    link = st + t_copy
+                    lend[li] = link
                     li += 1
             hclock += h_nonmoe
-            s = max(stream, hclock)
-            ls_start[next_g] = s
-            stream = s + t_nonmoe[next_g]
+            st = stream if stream > hclock else hclock
+            ls_start[next_g] = st
+            stream = st + t_nonmoe[next_g]
             ls_end[next_g] = stream
             next_g += 1
-
-    for c in range(M):
-        run_nonmoe_until(comp_ls[c], c)
         while li < N and before[li] <= c:
-            issue_load(li)
+            hclock += h_load
+            st = link if link > hclock else hclock
+            gl, w = gate[li], wait[li]
+            if gl >= 0 or w >= 0:
+                after = (ls_end[gl] if gl >= 0 else 0.0)
+                if w >= 0 and ce[w] > after:
+                    after = ce[w]
+                after += dep
+                if after > st:
+                    st = after
+            lstart[li] = st
+            link = st + t_copy
+            lend[li] = link
             li += 1
+        if c == M:
+            break
         hclock += h_comp[c]
-        s = max(stream, hclock)
-        ready[c] = s
+        st = stream if stream > hclock else hclock
+        ready[c] = st
         n = need[c]
-        if n >= 0 and lend[n] + dep > s:
-            s = lend[n] + dep
-        cs[c] = s
-        stream = s + t_comp[c]
+        if n >= 0 and lend[n] + dep > st:
+            st = lend[n] + dep
+        cs[c] = st
+        stream = st + t_comp[c]
         ce[c] = stream
-    run_nonmoe_until(G - 1, M)
-    while li < N:
-        issue_load(li)
+    while li < N:  # loads after the last COMPUTE (none in a well-formed plan: kept for safety)
+        hclock += h_load
+        st = link if link > hclock else hclock
+        gl, w = gate[li], wait[li]
+        if gl >= 0 or w >= 0:
+            after = (ls_end[gl] if gl >= 0 else 0.0)
+            if w >= 0 and ce[w] > after:
+                after = ce[w]
+            after += dep
+            if after > st:
+                st = after
+        lstart[li] = st
+        link = st + t_copy
+        lend[li] = link
         li += 1
     return Timeline(np.array(lstart), np.array(lend), np.array(cs), np.array(ce), np.array(ls_start),
                     np.array(ls_end), "simulator", {"comp_ready": np.array(ready), "hardware": hw.name,

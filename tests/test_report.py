@@ -647,3 +647,24 @@ def test_e10_absent_is_said_plainly(tmp_path):
     text = X.e10(tmp_path, tmp_path / "figures", tmp_path)
     assert "raw/e10.csv is absent" in text and "is not real routing" in text
     assert not (tmp_path / "figures").exists()
+
+
+def test_calibration_agreement_from_compare_json(tmp_path):
+    """``calibrate --compare A B --json`` writes what the report's E5 reads; a broken file is named."""
+    from artifact.measure.compare import main_compare
+    from artifact.report.calibration import agreement_table, calibration_text, read_agreements
+
+    prof = Path(__file__).resolve().parent / "data" / "h200-test.json"
+    d = tmp_path / "raw" / "calibrations"
+    d.mkdir(parents=True)
+    assert main_compare(str(prof), str(prof), 0.02, str(d / "same.json")) == 0
+    got = read_agreements(tmp_path)
+    assert list(got) == ["same"] and got["same"]["fitted_agree"] is True
+    fams = {f["family"]: f for f in got["same"]["families"]}
+    assert fams["copy table"]["fitted"] and fams["copy table"]["worst_rel"] == 0.0
+    table = agreement_table("same", got["same"])
+    assert len(table.frame) == len(got["same"]["families"]) and "every fitted figure agrees" in table.caption
+    assert "every fitted figure agrees" in calibration_text(None, got)
+    (d / "broken.json").write_text("{not json")
+    with pytest.raises(ValueError, match="broken.json"):
+        read_agreements(tmp_path)

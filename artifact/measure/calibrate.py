@@ -565,11 +565,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--compare", nargs=2, metavar=("A", "B"), default=None,
                     help="compare two profiles (fitted and measured figures) instead of calibrating")
     ap.add_argument("--tolerance", type=float, default=0.02, help="--compare: relative tolerance")
+    ap.add_argument("--json", default=None, metavar="PATH",
+                    help="--compare: also write the per-family summary to PATH (JSON, atomically)")
     args = ap.parse_args(argv)
     if args.compare:
         from artifact.measure.compare import main_compare
 
-        return main_compare(args.compare[0], args.compare[1], args.tolerance)
+        return main_compare(args.compare[0], args.compare[1], args.tolerance, args.json)
     prof = calibrate(args.device, args.models, args.out, args.quick, args.name, args.dtype)
     print(f"{prof.name}: {prof.description}")
     print(f"  copy: {prof.copy_bandwidth_gbps:.1f} GB/s fitted, latency {prof.copy_latency_ms * 1e3:.1f} us")

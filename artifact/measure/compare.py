@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from artifact.atomicfile import atomic_write_json
 from artifact.runtime.hardware import HardwareProfile, load_profile
 
 LATENCY_FLOOR_MS = 1e-3
@@ -119,10 +120,29 @@ def report(diffs: list[Difference], tolerance: float) -> tuple[list[str], bool]:
     return lines, fitted_ok
 
 
-def main_compare(path_a: str, path_b: str, tolerance: float = 0.02) -> int:
+def summary(diffs: list[Difference], tolerance: float) -> list[dict]:
+    """Per family: figures, the worst relative difference and where, how many are beyond the tolerance (and their
+    floor), and whether the family is fitted (gates the exit status)."""
+    families: dict[str, list[Difference]] = {}
+    for d in diffs:
+        families.setdefault(d.family, []).append(d)
+    out = []
+    for fam, ds in families.items():
+        worst = max(ds, key=lambda d: d.rel)
+        out.append({"family": fam, "figures": len(ds), "worst_rel": worst.rel, "worst_figure": worst.figure,
+                    "worst_a": worst.a, "worst_b": worst.b, "beyond": sum(not d.ok(tolerance) for d in ds),
+                    "fitted": ds[0].fitted})
+    return out
+
+
+def main_compare(path_a: str, path_b: str, tolerance: float = 0.02, json_out: str | None = None) -> int:
     a, b = load_profile(path_a), load_profile(path_b)
-    lines, ok = report(compare_profiles(a, b), tolerance)
+    diffs = compare_profiles(a, b)
+    lines, ok = report(diffs, tolerance)
     print(f"{path_a} vs {path_b} (tolerance {100 * tolerance:g}%)")
     print("\n".join(lines))
     print("fitted figures agree" if ok else "FITTED FIGURES DISAGREE")
+    if json_out:
+        atomic_write_json(json_out, {"a": str(path_a), "b": str(path_b), "a_source": a.source, "b_source": b.source,
+                                     "tolerance": tolerance, "fitted_agree": ok, "families": summary(diffs, tolerance)})
     return 0 if ok else 1

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from artifact.atomicfile import atomic_write_text
+from artifact.report import calibration as K
 from artifact.report import claims as C
 from artifact.report import figures as F
 from artifact.report import load as L
@@ -303,7 +304,12 @@ def build_report(results_dir: str | os.PathLike = "results", out: str | os.PathL
     e5 = []
     if engine is not None and not engine.empty:
         per, summ = T.engine_table(engine, hw)
-        e5 += [_table_md(summ), _table_md(per)]
+        e5 += [_table_md(summ)]
+        names = sorted({str(h) for h in engine["hardware"] if str(h)})
+        agreements = K.read_agreements(results)
+        e5.append(K.calibration_text(K.read_profile_json(results, names[0]) if names else None, agreements))
+        e5 += [_table_md(K.agreement_table(k, a)) for k, a in agreements.items()]
+        e5.append(_table_md(per))
     else:
         e5.append("The engine grid did not run on a GPU for these results (raw/engine.csv is absent), so the "
                   "simulator's times are not checked against measured ones here.")

@@ -98,3 +98,17 @@ def test_top_k_rows_is_the_stable_sorts_first_k():
         k = int(rng.integers(1, min(9, E)))  # k >= E: every index (the set, not an order)
         s = rng.integers(-3 if rng.random() < 0.5 else 0, int(rng.choice([3, 1 << 20])), (T, E))
         assert np.array_equal(top_k_rows(s, k), np.argsort(-s, axis=1, kind="stable")[:, :k]), (T, E, k)
+
+
+def test_smallest_lex_is_a_full_lexsorts_first_n():
+    """The partitioned path of smallest_lex against an independent reference: one full lexsort."""
+    from artifact.core.select import smallest_lex
+
+    rng = np.random.default_rng(11)
+    for _ in range(500):
+        m = int(rng.integers(1, 300))
+        n = int(rng.integers(0, m + 2))
+        cand = rng.permutation(1000)[:m]
+        keys = [rng.integers(0, int(rng.choice([2, 5, 1000])), m) for _ in range(int(rng.integers(1, 4)))]
+        ref = cand[np.lexsort((cand,) + tuple(reversed(keys)))[:n]] if n > 0 else cand[:0]
+        assert np.array_equal(smallest_lex(cand, n, *keys), ref)

@@ -40,5 +40,12 @@ def smallest_lex(cand: np.ndarray, n: int, *keys: np.ndarray) -> np.ndarray:
     for k in keys:
         if k.dtype.kind == "f":
             raise TypeError("select: keys must be integers (round floats to fixed point first: platform-exact choices)")
+    if keys and 4 * n < cand.shape[0]:
+        # Only candidates whose primary key is at most the n-th smallest can be among the first n: sort just those.
+        k0 = keys[0]
+        kth = k0[np.argpartition(k0, n - 1)[n - 1]]
+        sel = (k0 <= kth).nonzero()[0]
+        order = np.lexsort((cand[sel],) + tuple(k[sel] for k in reversed(keys)))
+        return cand[sel[order[:n]]]
     order = np.lexsort((cand,) + tuple(reversed(keys)))
     return cand[order[:n]]

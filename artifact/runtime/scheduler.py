@@ -185,7 +185,7 @@ class CacheState:
         old = self.slot_gid[slots]
         valid = old >= 0
         self.where[old[valid]] = -1
-        self.n_free -= int((~valid).sum())
+        self.n_free -= valid.shape[0] - np.count_nonzero(valid)
         self.slot_gid[slots] = gids
         self.where[gids] = slots
 
@@ -274,7 +274,7 @@ class Scheduler:
         strat.observe(g)
         first_compute_of_g = pb.next_compute
         allowed = strat.partition(layer)
-        cap = C if allowed is None else int(allowed.sum())
+        cap = C if allowed is None else np.count_nonzero(allowed)
         where = st.where
         first_load_of_g = pb.next_load
         for item, gids, counts in self.source.groups(g, per_item):

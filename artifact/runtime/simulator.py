@@ -68,49 +68,41 @@ def simulate(plan: Plan, workload: Workload, hw: HardwareProfile, expert_bytes: 
     hclock = 0.0
     li = 0
     next_g = 0
-    # One pass in host issue order; the LOAD issue is written out at its three places (a nested function per LOAD
-    # costs more than the arithmetic it does). A LOAD starts when the link and the host are ready and, when it waits
-    # on the compute stream (its gate's NON-MoE part, the COMPUTE that last read its slot), ``dep`` after that.
+    # One pass in host issue order. Before COMPUTE c (and, with c = M, after the last): the NON-MoE parts up to its
+    # layer-step, each preceded by the LOADs decided earlier that are due before that layer-step's first COMPUTE,
+    # then the LOADs due before c (with c = M: every LOAD left). The ops are written out in the loop, not in nested
+    # functions: a call per LOAD would cost more than its arithmetic.
     for c in range(M + 1):
         g_to = comp_ls[c] if c < M else G - 1
-        while next_g <= g_to:
-            if next_g == g_to:  # the loads decided earlier that are due before this layer-step's first COMPUTE
-                while li < N and before[li] <= c and gate[li] < g_to:
-                    hclock += h_load
-                    st = link if link > hclock else hclock
-                    gl, w = gate[li], wait[li]
-                    if gl >= 0 or w >= 0:
-                        after = (ls_end[gl] if gl >= 0 else 0.0)
-                        if w >= 0 and ce[w] > after:
-                            after = ce[w]
-                        after += dep
-                        if after > st:
-                            st = after
-                    lstart[li] = st
-                    link = st + t_copy
-                    lend[li] = link
-                    li += 1
-            hclock += h_nonmoe
-            st = stream if stream > hclock else hclock
-            ls_start[next_g] = st
-            stream = st + t_nonmoe[next_g]
-            ls_end[next_g] = stream
-            next_g += 1
-        while li < N and before[li] <= c:
-            hclock += h_load
-            st = link if link > hclock else hclock
-            gl, w = gate[li], wait[li]
-            if gl >= 0 or w >= 0:
-                after = (ls_end[gl] if gl >= 0 else 0.0)
-                if w >= 0 and ce[w] > after:
-                    after = ce[w]
-                after += dep
-                if after > st:
-                    st = after
-            lstart[li] = st
-            link = st + t_copy
-            lend[li] = link
-            li += 1
+        while True:
+            if next_g <= g_to:
+                is_load = next_g == g_to and li < N and before[li] <= c and gate[li] < g_to
+            elif li < N and (c == M or before[li] <= c):
+                is_load = True
+            else:
+                break
+            if is_load:  # starts when the link and the host are ready, and dep after the compute-stream op it waits on
+                hclock += h_load
+                st = link if link > hclock else hclock
+                gl, w = gate[li], wait[li]
+                if gl >= 0 or w >= 0:
+                    after = ls_end[gl] if gl >= 0 else 0.0
+                    if w >= 0 and ce[w] > after:
+                        after = ce[w]
+                    after += dep
+                    if after > st:
+                        st = after
+                lstart[li] = st
+                link = st + t_copy
+                lend[li] = link
+                li += 1
+            else:
+                hclock += h_nonmoe
+                st = stream if stream > hclock else hclock
+                ls_start[next_g] = st
+                stream = st + t_nonmoe[next_g]
+                ls_end[next_g] = stream
+                next_g += 1
         if c == M:
             break
         hclock += h_comp[c]
@@ -122,21 +114,6 @@ def simulate(plan: Plan, workload: Workload, hw: HardwareProfile, expert_bytes: 
         cs[c] = st
         stream = st + t_comp[c]
         ce[c] = stream
-    while li < N:  # loads after the last COMPUTE (none in a well-formed plan: kept for safety)
-        hclock += h_load
-        st = link if link > hclock else hclock
-        gl, w = gate[li], wait[li]
-        if gl >= 0 or w >= 0:
-            after = (ls_end[gl] if gl >= 0 else 0.0)
-            if w >= 0 and ce[w] > after:
-                after = ce[w]
-            after += dep
-            if after > st:
-                st = after
-        lstart[li] = st
-        link = st + t_copy
-        lend[li] = link
-        li += 1
     return Timeline(np.array(lstart), np.array(lend), np.array(cs), np.array(ce), np.array(ls_start),
                     np.array(ls_end), "simulator", {"comp_ready": np.array(ready), "hardware": hw.name,
                                                     "copy_ms": t_copy, "host_ms": hclock})

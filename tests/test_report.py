@@ -668,3 +668,20 @@ def test_calibration_agreement_from_compare_json(tmp_path):
     (d / "broken.json").write_text("{not json")
     with pytest.raises(ValueError, match="broken.json"):
         read_agreements(tmp_path)
+
+
+def test_peer_tradeoff_and_peer_oracle_ratio_on_known_rows():
+    # one point: on_demand fewest loads (100) but slow (10 ms); pregated_proxy fastest (8 ms) with 120 loads;
+    # the flagship 101 loads at 9 ms; the oracle 5 ms
+    wl = "synthetic:switch-base-128:256x128:seed0"
+    values = {"on_demand": {100: (100, 10.0)}, "pregated_proxy": {100: (120, 8.0)},
+              "intelligent_dedup": {100: (101, 9.0)}, "oracle": {100: (90, 5.0)}}
+    rows = _grid_rows(values, workload=wl)
+    t = FL.peer_tradeoff(rows, "intelligent_dedup")
+    r = t.frame.iloc[0]
+    assert r["batch"] == 1 and r["fastest_loads_over_fewest"] == pytest.approx(1.2)
+    assert r["fewest_latency_over_fastest"] == pytest.approx(10 / 8)
+    assert r["flag_loads"] == pytest.approx(1.01) and r["flag_latency"] == pytest.approx(9 / 8)
+    ratio = FL.peer_oracle_ratio(rows, ["on_demand", "pregated_proxy"])
+    assert ratio.tolist() == [pytest.approx(8 / 5)]
+    assert FL.peer_tradeoff(None, "intelligent_dedup").frame.empty

@@ -108,7 +108,8 @@ def flagship_targets(raw: Mapping[str, pd.DataFrame], flagship: str) -> str:
     parts = [FL.SPLIT_TEXT + "\n"]
     if wls:
         parts.append("Workloads: " + "; ".join(f"{w.name} ({w.split})" for w in wls) + ".\n")
-    parts += [table_md(FL.target_same_information(wls, flagship)), table_md(FL.target_gap(wls, flagship))
+    parts += [table_md(FL.target_same_information(wls, flagship)), table_md(FL.peer_tradeoff(raw.get("sim"), flagship)),
+              table_md(FL.target_gap(wls, flagship))
               if any(w.key.startswith("real:") for w in wls) else "**Target 2.** raw/real.csv is absent: no real "
               "trace to close the gap on.\n", table_md(FL.target_oracle(raw.get("sim"), flagship))]
     abl = raw.get("ablation")

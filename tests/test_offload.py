@@ -352,3 +352,27 @@ def test_gpu_offload(name, dtype):
     rep = model.expert_offload.last
     assert rep.issued.copies == rep.plan.num_loads and rep.summary()["sync_us_per_layer"] > 0
     _assert_replays(rep, TEST_HW)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_host_slab_registration_is_undone_and_a_refusal_leaves_no_error():
+    """A slab collected without release() unregisters its range; a refused registration (the range is registered
+    already) falls back to pinned memory and leaves no pending CUDA error for the next kernel to report."""
+    import gc
+
+    from artifact.engine.offload import HostSlab, _cuda_ok, clear_cuda_error
+
+    rt = torch.cuda.cudart()
+    slab = HostSlab(4, 1 << 20, torch.float32, pin=True)
+    assert slab.registered and slab.pinned
+    t = slab.tensor
+    del slab
+    gc.collect()
+    assert not t.is_pinned()  # unregistered by the finaliser, while the memory is still alive here
+    assert _cuda_ok(rt.cudaHostRegister(t.data_ptr(), t.numel() * t.element_size(), 0))
+    assert not _cuda_ok(rt.cudaHostRegister(t.data_ptr(), t.numel() * t.element_size(), 0))  # already registered
+    clear_cuda_error()
+    torch.ones(8, device="cuda").add_(1)  # would raise the stale error had it not been cleared
+    torch.cuda.synchronize()
+    rt.cudaHostUnregister(t.data_ptr())

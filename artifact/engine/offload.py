@@ -205,6 +205,21 @@ def _cuda_ok(result) -> bool:
     return int(code) == 0
 
 
+def clear_cuda_error() -> None:
+    """Clear CUDA's pending error after a runtime call that failed without harm (a refused
+    ``cudaHostRegister``), so the next kernel launch does not report it as its own. torch binds no
+    ``cudaGetLastError``; a launch check reads (and clears) the pending error, which is caught here."""
+    fn = getattr(torch.cuda.cudart(), "cudaGetLastError", None)
+    if fn is not None:
+        fn()
+        return
+    try:
+        torch.empty(1, device="cuda").zero_()
+        torch.cuda.synchronize()
+    except RuntimeError:  # torch.AcceleratorError is a RuntimeError: the stale error, now cleared
+        pass
+
+
 class HostSlab:
     """Every routed expert in one host allocation ``[rows, numel]``. For CUDA it is page-locked in one piece with
     ``cudaHostRegister`` (no power-of-two rounding of the caching host allocator, and :meth:`release` gives the
@@ -217,9 +232,12 @@ class HostSlab:
             t = torch.empty(rows, numel, dtype=dtype)
             try:
                 rt = torch.cuda.cudart()
-                ok = _cuda_ok(rt.cudaHostRegister(t.data_ptr(), t.numel() * t.element_size(), 0))
-                if not ok:  # e.g. an earlier slab at this address was freed still registered: clear the sticky error
-                    rt.cudaGetLastError()
+                # Memory some other code registered and freed without unregistering is reported pinned: not ours
+                # to register (it would fail); pin a fresh allocation instead.
+                ok = not t.is_pinned() and _cuda_ok(rt.cudaHostRegister(t.data_ptr(), t.numel() * t.element_size(),
+                                                                        0))
+                if not ok:
+                    clear_cuda_error()
                 self.registered = ok and bool(t.is_pinned())
                 if ok and not self.registered:
                     rt.cudaHostUnregister(t.data_ptr())
@@ -235,6 +253,17 @@ class HostSlab:
     @property
     def pinned(self) -> bool:
         return self.registered or (torch.cuda.is_available() and bool(self.tensor.is_pinned()))
+
+    def __del__(self) -> None:
+        # A slab collected without release() (an offloaded model dropped, or collected with its reference cycle)
+        # must not leave its range registered: the memory goes back to the OS, a later allocation may get the same
+        # addresses, and registering those fails (cudaErrorHostMemoryAlreadyRegistered).
+        if getattr(self, "registered", False) and self.tensor is not None:
+            try:
+                torch.cuda.cudart().cudaHostUnregister(self.tensor.data_ptr())
+            except (AttributeError, RuntimeError, TypeError, ValueError):  # interpreter shutting down
+                pass
+            self.registered = False
 
     def release(self) -> None:
         if self.tensor is None:

@@ -286,18 +286,7 @@ def measure_dependency(bench: ComputeBench, repeats: int = 15, chain: int = DEPE
             k.run(w, bench.x, bench.out)
         for kind in ("loads", "computes", "chain"):
             graph = capture(kind)
-            with torch.cuda.stream(cs):
-                graph.replay()  # the first launch uploads the graph
-                torch.cuda.synchronize(dev)
-                ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                      for _ in range(repeats)]
-                torch.cuda._sleep(int(2e6))
-                for a, b in ev:
-                    a.record(cs)
-                    graph.replay()
-                    b.record(cs)
-                torch.cuda.synchronize(dev)
-            ms = [a.elapsed_time(b) / chain for a, b in ev]
+            ms = [m / chain for m in bench.timer.replay_samples(graph, cs, repeats)[0]]
             per_op[kind] = statistics.median(ms)
             spreads[kind] = spread(ms)
             del graph

@@ -98,8 +98,17 @@ class Timer:
         with torch.cuda.graph(graph, stream=stream):
             for _ in range(per_graph):
                 fn()
+        ms, issue_us = self.replay_samples(graph, stream, repeats)
+        del graph
+        return [m / per_graph for m in ms], issue_us / per_graph
+
+    def replay_samples(self, graph: torch.cuda.CUDAGraph, stream: torch.cuda.Stream,
+                       repeats: int) -> tuple[list[float], float]:
+        """(ms of each of ``repeats`` replays of a captured ``graph`` on ``stream``, host us per replay): one untimed
+        replay first (the first launch uploads the graph), then every replay between CUDA events with the stream
+        held while the host queues them."""
         with torch.cuda.stream(stream):
-            graph.replay()  # one untimed replay: the first launch of a graph uploads it
+            graph.replay()
             torch.cuda.synchronize(self.device)
             ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
             torch.cuda._sleep(int(2e6))  # hold the stream ~1 ms while the host queues every replay
@@ -110,6 +119,5 @@ class Timer:
                 b.record(stream)
             issue_us = (time.perf_counter() - t1) / repeats * 1e6
             torch.cuda.synchronize(self.device)
-        del graph
-        return [a.elapsed_time(b) / per_graph for a, b in ev], issue_us / per_graph
+        return [a.elapsed_time(b) for a, b in ev], issue_us
 

@@ -25,7 +25,6 @@ class MultiLookAhead(Recency):
         self.depth = depth
         self.trans = np.zeros((ctx.L, ctx.E, ctx.E), np.int64)  # [L, E, E]: l -> l+1 counts
         self.norm = np.zeros_like(self.trans)  # row-normalised in fixed point, refreshed lazily (once per layer-step)
-        self.dirty = np.zeros(ctx.L, bool)
         self.dirty_rows: list[list[np.ndarray]] = [[] for _ in range(ctx.L)]  # rows counted since the last refresh
         self._prev: np.ndarray | None = None
 
@@ -38,19 +37,17 @@ class MultiLookAhead(Recency):
             src = np.repeat(first, cur.shape[1])
             E = ctx.E
             self.trans[layer - 1] += np.bincount(src * E + cur.reshape(-1), minlength=E * E).reshape(E, E)
-            self.dirty[layer - 1] = True
             self.dirty_rows[layer - 1].append(first)
         self._prev = cur
 
     def _normalised(self, m: int) -> np.ndarray:
         """Row-normalised transitions of layer ``m`` in fixed point (int64 of 2^-20): exact, one division each.
         Only the rows counted since the last call change (a row's figures depend on that row alone)."""
-        if self.dirty[m]:
+        if self.dirty_rows[m]:
             rows = np.unique(np.concatenate(self.dirty_rows[m]))
             t = self.trans[m][rows]  # [R, E]
             tot = numeric.total(t, axis=1, keepdims=True)  # integers: exact in any order
             self.norm[m][rows] = np.where(tot > 0, numeric.fixed(t / np.maximum(tot, 1)), 0)
-            self.dirty[m] = False
             self.dirty_rows[m] = []
         return self.norm[m]
 

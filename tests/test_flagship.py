@@ -1,8 +1,10 @@
 """The flagship against every peer with the same information, on each vendored real decode trace, at one cache size
-(10% of the routed experts, batch 1): its plan needs no more loads than any of theirs (counts, not times)."""
+(10% of the routed experts, batch 1): its plan needs no more loads than any of theirs (counts, not times). And its
+learned router-rank weight, on routings built so that only the rank tells a reused expert from a dead one."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from artifact.core.errors import Unrunnable
@@ -10,8 +12,10 @@ from artifact.core.metrics import count_metrics
 from artifact.core.requests import build_requests
 from artifact.planner import plan, strategies
 from artifact.runtime.hardware import load_profile
+from artifact.traces.trace import Trace
 from artifact.traces.vendored import load, names
 from artifact.traces.workload import decode_workload
+from tests.helpers import TEST_HW, random_workload, tiny_model
 
 FLAGSHIP = "intelligent_dedup"
 FRACTION = 0.10
@@ -35,3 +39,31 @@ def test_flagship_needs_fewest_loads_among_same_information_peers(trace):
     peers = {n: v for n, v in loads.items() if n != FLAGSHIP}
     best = min(peers, key=peers.get)
     assert loads[FLAGSHIP] <= peers[best], (trace, cache, loads[FLAGSHIP], best, peers[best])
+
+
+def _handover_workload(tokens: int = 40):
+    """Two layers, top-2 of 64: at each layer, token ``t`` picks a new expert first and the previous token's first
+    choice second, which no token reads again. The expert to keep has fewer reads than the one to drop: only the
+    router rank tells them apart."""
+    ex = np.zeros((tokens, 2, 2), np.int16)
+    for t in range(tokens):
+        ex[t, :] = [t % 64, (t - 1) % 64]
+    meta = {"schema_version": 1, "model": "tiny", "num_experts": 64, "source": "test"}
+    tr = Trace(ex, np.array([0, tokens], np.int64), meta).validate()
+    return decode_workload(tr, 1, model=tiny_model(layers=2, experts=64, top_k=2))
+
+
+def test_rank_weight_keeps_the_first_choice_that_comes_back():
+    w = _handover_workload()
+    loads = {rank: count_metrics(plan(w, FLAGSHIP, 3, hardware=TEST_HW, rank=rank))["loads"] for rank in (True, False)}
+    first_reads = w.num_tokens * w.layers + w.layers  # every expert once (the first token reads two per layer)
+    # three slots: the kept first choice of the other layer and this layer-step's two reads
+    assert loads[True] <= first_reads + 2, loads  # a couple of misses while the weight is learned
+    assert loads[False] == 2 * w.num_tokens * w.layers, loads  # uses/recency alone drop the expert that comes back
+
+
+def test_rank_weight_is_off_for_a_top1_router():
+    w = random_workload(tiny_model(layers=3, experts=8, top_k=1), 2, n_seq=8, seed=3)
+    on, off = (plan(w, FLAGSHIP, 6, hardware=TEST_HW, rank=rank) for rank in (True, False))
+    np.testing.assert_array_equal(on.load_gid, off.load_gid)
+    np.testing.assert_array_equal(on.load_slot, off.load_slot)

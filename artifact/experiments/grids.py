@@ -174,6 +174,7 @@ ABLATION = {
     "no_adaptive": (("adaptive", False),),
     "no_distance": (("distance", False),),
     "no_frequency": (("frequency", False),),
+    "no_rank": (("rank", False),),
     "no_prefetch": (("prefetch", False),),
     "with_cooccurrence": (("cooccurrence", True),),
     "no_lookahead": (("lookahead", False),),

@@ -14,14 +14,23 @@ each fact asks of a cache:
    held-out AUC 0.87-0.90, against 0.76 for recency alone. A trace's lookahead (the next router on this hidden
    state), where it exists, names the next layer's experts more sharply still.
 4. Every load is a copy on one link: a wrong prefetch costs a whole copy, a right one only moves a copy earlier.
+5. The router's rank says something about the next token: consecutive hidden states are close, and an expert the
+   router scored highest is the likeliest to stay in the next token's top-k.
 
 Hence, with only what a real engine has (the past, the current layer's routing, the lookahead):
 
 - Dedup: each expert is loaded once per layer-step for the whole batch, under both protocols.
-- Eviction, smallest value first: ``value = uses / (visits since last use)^beta / sqrt(d)`` where ``uses`` counts the
-  layer-steps that read the expert (kept across evictions: it is a property of the expert), ``visits since last
-  use`` counts its layer's visits since (1 right after a use), and ``d`` the layer-steps until its layer comes round.
-  Ties go to the least recently used slot. ``beta`` adapts online to what has worked on this workload: three
+- Eviction, smallest value first: ``value = uses * w(rank) / (visits since last use)^beta / sqrt(d)`` where ``uses``
+  counts the layer-steps that read the expert (kept across evictions: it is a property of the expert), ``visits
+  since last use`` counts its layer's visits since (1 right after a use), and ``d`` the layer-steps until its layer
+  comes round. Ties go to the least recently used slot.
+- ``w(rank)``, learned online (fact 5): the router ranks a token's experts, and on the real traces an expert that
+  was a token's first choice is read again at the next token far more often than its last choice (Qwen3 48% against
+  28% at batch 1; gemma 46% against 26%; gpt-oss 22% against 14%). Each expert remembers the best rank it had at
+  its last read; at every visit of a layer, the experts read before count, by that rank, whether the visit reads
+  them; ``w(rank)`` is that rank's rate over the rate of all of them (one pseudo-count at the mean). The columns of
+  the routing are in router order (the trace format's contract), so this needs no information beyond the routing.
+  A top-1 router ranks nothing: then ``w`` = 1. ``beta`` adapts online to what has worked on this workload: three
   shadow caches of the same size, demand fetch, ``beta`` = 0 (frequency only), 1 and 2 (recency-leaning), see every
   request; the cache follows the one with the fewest misses lately (decayed by 1/8 every decode step), once it leads
   by 2% and by a quarter of a step's requests (set dueling, Qureshi et al. ISCA'07, with whole shadow caches).
@@ -69,15 +78,17 @@ def _pow(x: np.ndarray, beta: float) -> np.ndarray:
     raise ValueError(f"intelligent_dedup: beta must be one of {_BETAS}, got {beta}")
 
 
-@register("intelligent_dedup", "ours: reuse rate per slot-time, recency/frequency adapted by shadow caches, admitted "
-          "lookahead prefetch", "this artifact (the seed's Intelligent+Deduplication, redesigned on real routing)",
-          "lookahead (learned co-occurrence optional), admitted", "uses / visits since / sqrt(distance), adaptive",
+@register("intelligent_dedup", "ours: reuse rate per slot-time weighted by the learned worth of the router rank, "
+          "recency/frequency adapted by shadow caches, admitted lookahead prefetch",
+          "this artifact (the seed's Intelligent+Deduplication, redesigned on real routing)",
+          "lookahead (learned co-occurrence optional), admitted",
+          "uses x rank weight / visits since / sqrt(distance), adaptive",
           order=150)
 class IntelligentDedup(Recency):
     batch_aware = True
 
     def __init__(self, ctx, adaptive: bool = True, distance: bool = True, frequency: bool = True,
-                 prefetch: bool = True, cooccurrence: bool = False, lookahead: bool = True,
+                 prefetch: bool = True, cooccurrence: bool = False, lookahead: bool = True, rank: bool = True,
                  hardware_window: bool = True, min_probability: float = 0.9, sure_probability: float = 0.95,
                  margin: int = 2, beta: float = 1.0) -> None:
         super().__init__(ctx)
@@ -93,6 +104,13 @@ class IntelligentDedup(Recency):
         n = L * E
         self.uses = np.zeros(n, np.int64)  # layer-steps that read each expert
         self.last = np.full(n, -1, np.int64)  # step of its last read
+        # Router rank at its last read (0 = a token's first choice; K = never read), and what each rank has been
+        # worth so far: seen experts by rank of their last read, and how many of them the next visit read.
+        self.rank_aware = rank and ctx.K > 1  # a top-1 router ranks nothing
+        self.rank = np.full(n, ctx.K, np.int64)
+        self.rank_n = np.zeros(ctx.K + 1, np.int64)
+        self.rank_hit = np.zeros(ctx.K + 1, np.int64)
+        self._rank_w: np.ndarray | None = None
         # Adaptive beta: one shadow demand-fetch cache per candidate beta, and their decayed miss counts.
         if beta not in _BETAS:
             raise ValueError(f"intelligent_dedup: beta must be one of {_BETAS}, got {beta}")
@@ -121,18 +139,30 @@ class IntelligentDedup(Recency):
         self._compute_cache: dict = {}
 
     # --- values ---------------------------------------------------------------------------------------------------
-    def _features(self, gids: np.ndarray, g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(uses, visits of its layer since its last read (>= 1), layer-steps until its layer comes round)."""
+    def _features(self, gids: np.ndarray, g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(uses, visits of its layer since its last read (>= 1), layer-steps until its layer comes round, the
+        learned weight of its router rank at its last read)."""
         L = self.ctx.L
         s, layer = divmod(g, L)
         m = gids // self.ctx.E
         visited = np.where(m <= layer, s, s - 1)  # last completed visit of the expert's layer
         age = np.maximum(visited - self.last[gids], 0) + 1
         d = ((m - layer - 1) % L) + 1
-        return self.uses[gids], age, d
+        return self.uses[gids], age, d, self._rank_weight()[self.rank[gids]]
 
-    def _value(self, uses, age, d, beta: float) -> np.ndarray:
-        v = (uses if self.frequency else np.ones_like(uses)).astype(np.float64) / _pow(age.astype(np.float64), beta)
+    def _rank_weight(self) -> np.ndarray:
+        """``[K + 1]``: how much likelier an expert last read at each router rank is to be read at its layer's next
+        visit than the average seen expert (learned online; 1 everywhere when the component is off)."""
+        if self._rank_w is None:
+            if not self.rank_aware:
+                self._rank_w = np.ones(self.rank_hit.shape[0])
+            else:
+                mean = (self.rank_hit.sum() + 1) / (self.rank_n.sum() + 2)
+                self._rank_w = (self.rank_hit + mean) / (self.rank_n + 1) / mean
+        return self._rank_w
+
+    def _value(self, uses, age, d, w, beta: float) -> np.ndarray:
+        v = (uses if self.frequency else np.ones_like(uses)).astype(np.float64) * w / _pow(age.astype(np.float64), beta)
         if self.distance:
             v = v / np.sqrt(d.astype(np.float64))
         return v
@@ -147,8 +177,8 @@ class IntelligentDedup(Recency):
 
     def _p_visit(self, gids: np.ndarray, g: int) -> np.ndarray:
         """Calibrated probability that each expert is used at its next visit (from its value's bucket)."""
-        uses, age, _ = self._features(gids, g)
-        return self._calibrated(self._value(uses, age, np.ones_like(age), self.beta))
+        uses, age, _, w = self._features(gids, g)
+        return self._calibrated(self._value(uses, age, np.ones_like(age), w, self.beta))
 
     # --- observing the routing ------------------------------------------------------------------------------------
     def observe(self, g):
@@ -157,19 +187,24 @@ class IntelligentDedup(Recency):
         s, layer = divmod(g, L)
         r = ctx.routing(g)  # [T, K]
         uniq, _ = ctx.unique(g)
-        if self.do_prefetch:
-            # Calibration (for prefetch admission): the value each seen expert of this layer had at this visit, and
-            # whether it was used.
-            lay = np.arange(layer * E, (layer + 1) * E, dtype=np.int64)
-            seen = lay[self.uses[lay] > 0]
-            if seen.size:
-                used = np.zeros(E, bool)
-                used[uniq - layer * E] = True
-                used = used[seen - layer * E]
-                uses, age, _ = self._features(seen, g - 1 if layer else g)
-                b = np.searchsorted(_CAL_EDGES, self._value(uses, age, np.ones_like(age), self.beta), side="right")
-                self.cal_n += np.bincount(b, minlength=self.cal_n.shape[0])
-                self.cal_hit += np.bincount(b[used], minlength=self.cal_hit.shape[0])
+        lay = np.arange(layer * E, (layer + 1) * E, dtype=np.int64)
+        seen = lay[self.uses[lay] > 0]  # the experts of this layer read before, and whether this visit reads them
+        used = np.zeros(E, bool)
+        used[uniq - layer * E] = True
+        used = used[seen - layer * E]
+        if self.do_prefetch and seen.size:
+            # Calibration (for prefetch admission): the value each seen expert had at this visit, and whether it was
+            # used.
+            uses, age, _, w = self._features(seen, g - 1 if layer else g)
+            b = np.searchsorted(_CAL_EDGES, self._value(uses, age, np.ones_like(age), w, self.beta), side="right")
+            self.cal_n += np.bincount(b, minlength=self.cal_n.shape[0])
+            self.cal_hit += np.bincount(b[used], minlength=self.cal_hit.shape[0])
+        if self.rank_aware and seen.size:
+            # Rank weight: is an expert read at this visit, by the router rank of its last read?
+            rk = self.rank[seen]
+            self.rank_n += np.bincount(rk, minlength=self.rank_n.shape[0])
+            self.rank_hit += np.bincount(rk[used], minlength=self.rank_hit.shape[0])
+            self._rank_w = None
         if self._la_pending is not None:
             la = self._la_pending
             hit = np.zeros(E, bool)
@@ -189,6 +224,11 @@ class IntelligentDedup(Recency):
             self._run_shadows(uniq, g)
         self.uses[uniq] += 1
         self.last[uniq] = s
+        # The best router rank each read expert had in this layer-step (columns are in router order).
+        best = np.full(E, ctx.K, np.int64)
+        for k in range(r.shape[1] - 1, -1, -1):
+            best[r[:, k].astype(np.int64)] = k
+        self.rank[uniq] = best[uniq - layer * E]
         # The forecast for the next layer, from what is known now: this layer-step's evictions and prefetches use it.
         self.next_layer = -1
         if layer + 1 < L and self.do_prefetch:
@@ -213,7 +253,7 @@ class IntelligentDedup(Recency):
                 res[uniq] = False  # pinned while they are read: never a victim
                 cand = np.nonzero(res)[0]
                 res[uniq] = True
-                v = self._key(self._value(feats[0][cand], feats[1][cand], feats[2][cand], beta))
+                v = self._key(self._value(*(f[cand] for f in feats), beta))
                 res[smallest_lex(cand, need, v, self.last[cand])] = False
                 self.shadow_n[i] -= need
             res[miss] = True
@@ -229,8 +269,7 @@ class IntelligentDedup(Recency):
     # --- eviction -------------------------------------------------------------------------------------------------
     def evict(self, cand, n, g, incoming=None):
         gids = self.ctx.cache.slot_gid[cand]
-        uses, age, d = self._features(gids, g)
-        return self._order(self._key(self._value(uses, age, d, self.beta)), cand, n)
+        return self._order(self._key(self._value(*self._features(gids, g), self.beta)), cand, n)
 
     def _order(self, key: np.ndarray, cand: np.ndarray, n: int) -> np.ndarray:
         """The ``n`` smallest values; ties go to the least recently touched slot."""

@@ -588,6 +588,32 @@ def test_gap_closed_on_known_rows():
     values["intelligent_dedup"][300] = (79, 1.0)  # (80 - 79) / 20 = 0.05: mean 0.275 < 1/3
     t = FL.target_gap([FL.Workload("real:x", "real trace x", FL.TEST, _grid_rows(values))], "intelligent_dedup")
     assert not t.frame.iloc[0]["met"] and t.text.iloc[0]["met"] == "**no**"
+    assert "best variant per cache, in hindsight" not in t.text.columns  # no ablation rows: no column
+
+
+def test_gap_closed_in_hindsight_takes_the_best_variant_per_cache():
+    values = {"on_demand": {100: (100, 1.0), 300: (80, 1.0)}, "intelligent_dedup": {100: (70, 1.0), 300: (79, 1.0)},
+              "belady": {100: (40, 1.0), 300: (60, 1.0)}}
+    rows = _grid_rows(values)
+    # variant a is better at cache 100 (64: closes 0.6), variant b at cache 300 (70: closes 0.5); a variant of
+    # another workload (fewer loads still) must not count
+    parts = []
+    for variant, per, wl in (("a", {100: (64, 1.0), 300: (80, 1.0)}, "trace:vendored:qwen3-30b-a3b"),
+                             ("b", {100: (75, 1.0), 300: (70, 1.0)}, "trace:vendored:qwen3-30b-a3b"),
+                             ("c", {100: (41, 1.0), 300: (61, 1.0)}, "trace:vendored:gemma-4-26b-a4b")):
+        r = _grid_rows({"intelligent_dedup": per}, workload=wl)
+        r["variant"] = variant
+        parts.append(r)
+    abl = pd.concat(parts, ignore_index=True)
+    h = FL.hindsight_closed(rows, abl, "intelligent_dedup")
+    assert h.loc[100] == pytest.approx(0.6) and h.loc[300] == pytest.approx(0.5)
+    t = FL.target_gap([FL.Workload("real:x", "real trace x", FL.TEST, rows)], "intelligent_dedup", abl)
+    assert t.frame.iloc[0]["hindsight_mean"] == pytest.approx(0.55)
+    assert t.frame.iloc[0]["mean_closed"] == pytest.approx((0.5 + 0.05) / 2)  # the target itself is unchanged
+    assert t.text.iloc[0]["best variant per cache, in hindsight"] == "55.0%"
+    # a variant worse than the flagship everywhere leaves the flagship's own figure
+    abl2 = abl[abl["variant"] == "c"].assign(workload="trace:vendored:qwen3-30b-a3b", loads=99.0)
+    assert FL.hindsight_closed(rows, abl2, "intelligent_dedup").loc[100] == pytest.approx(0.5)
 
 
 def test_oracle_target_on_known_rows():

@@ -9,7 +9,8 @@
 - ``models`` (E7): the other presets, every strategy, batch 1 / 8 / 64, a cache of 1/8 of their experts. Simulator.
 - ``real`` (E8): every strategy on every vendored real decode trace, batch 1, caches of 5-40% of routed experts.
 - ``sensitivity`` (E9): switch-base-128 with the generator's temporal locality and adjacent-layer coupling swept.
-- ``ablation``: the flagship with each component off in turn, on the synthetic workload and every real trace.
+- ``ablation``: the flagship with each component off in turn (and its recency/frequency balance fixed at each
+  setting), on the synthetic workload and every real trace.
 - ``cpu_engine``: without CUDA, a small engine check on the CPU (a scaled-down Switch expert shape, the same
   routing), so a CPU-only reproduction still executes real plans; each row carries the simulator's decision counts
   for the same configuration beside the engine's.
@@ -167,8 +168,10 @@ SENSITIVITY_LOCALITY = (0.0, 0.1, 0.2, 0.3, 0.4)
 SENSITIVITY_COUPLING = (0.0, 0.5, 0.85)
 SENSITIVITY_BATCHES = (1, 8, 64)
 SENSITIVITY_STEPS = 64
-# The ablation: the flagship with each component switched off in turn, and the one optional component (the learned
-# co-occurrence forecast, off by default) switched on (variant name -> parameters).
+# The ablation: the flagship with each component switched off in turn, the one optional component (the learned
+# co-occurrence forecast, off by default) switched on, and the recency/frequency balance fixed at each setting the
+# shadow caches choose from (variant name -> parameters). The report also takes, at each point, the best variant in
+# hindsight: how far switching the flagship's parts could go.
 ABLATION = {
     "": (),
     "no_adaptive": (("adaptive", False),),
@@ -179,6 +182,8 @@ ABLATION = {
     "with_cooccurrence": (("cooccurrence", True),),
     "no_lookahead": (("lookahead", False),),
     "no_hardware_window": (("hardware_window", False),),
+    "beta_0": (("adaptive", False), ("beta", 0.0)),
+    "beta_2": (("adaptive", False), ("beta", 2.0)),
 }
 FLAGSHIP = "intelligent_dedup"
 

@@ -415,7 +415,9 @@ def run_grid(grid: Grid, out_dir: str | os.PathLike, hardware: str | HardwarePro
     n_sim = sum(1 for t in groups.values() if t[0].executor == "simulator")
     n_jobs = jobs if jobs is not None else max(1, min(n_sim, os.cpu_count() or 1))
     tasks = _split_tasks(groups, n_jobs)
-    cost = {k: sum(point_cost(p) for p in t) for k, t in tasks.items()}
+    # Whole microseconds: the updates then add up to the total exactly (float sums in another order overshoot it,
+    # and the bar would end past 100% with a negative time left).
+    cost = {k: max(1, round(sum(point_cost(p) for p in t))) for k, t in tasks.items()}
     runs_done = [0]
     before = f"{len(done)} of {len(grid.points)} done before"
     bar = tqdm(total=sum(cost.values()), desc=f"{grid.name}: 0/{len(todo)} runs ({before})", disable=not progress,

@@ -58,7 +58,7 @@ def summary_extra(raw: Mapping[str, pd.DataFrame], claims: Mapping, flagship: st
         parts.append("**Across the E9 range.** raw/sensitivity.csv is absent: whether the verdicts hold across the "
                      "range of routing that real models show is not measured here.\n")
     wls = FL.workloads(raw)
-    t1, t2, t3 = (FL.target_same_information(wls, flagship), FL.target_gap(wls, flagship),
+    t1, t2, t3 = (FL.target_same_information(wls, flagship), FL.target_gap(wls, flagship, raw.get("ablation")),
                   FL.target_oracle(raw.get("sim"), flagship))
     para = FL.summary(t1, t2, t3, flagship)
     if para:
@@ -109,7 +109,7 @@ def flagship_targets(raw: Mapping[str, pd.DataFrame], flagship: str) -> str:
     if wls:
         parts.append("Workloads: " + "; ".join(f"{w.name} ({w.split})" for w in wls) + ".\n")
     parts += [table_md(FL.target_same_information(wls, flagship)), table_md(FL.peer_tradeoff(raw.get("sim"), flagship)),
-              table_md(FL.target_gap(wls, flagship))
+              table_md(FL.target_gap(wls, flagship, raw.get("ablation")))
               if any(w.key.startswith("real:") for w in wls) else "**Target 2.** raw/real.csv is absent: no real "
               "trace to close the gap on.\n", table_md(FL.target_oracle(raw.get("sim"), flagship))]
     abl = raw.get("ablation")

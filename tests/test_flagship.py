@@ -67,3 +67,22 @@ def test_rank_weight_is_off_for_a_top1_router():
     on, off = (plan(w, FLAGSHIP, 6, hardware=TEST_HW, rank=rank) for rank in (True, False))
     np.testing.assert_array_equal(on.load_gid, off.load_gid)
     np.testing.assert_array_equal(on.load_slot, off.load_slot)
+
+
+def test_break_even_bar():
+    from artifact.policies.intelligent_dedup import break_even_bar
+
+    # idle time for two and a half copies: two free copies, one paying half, then only near-certain ones
+    np.testing.assert_allclose(break_even_bar(5, 2.5, 1.0, 0.95), [0.0, 0.0, 0.5, 0.95, 0.95])
+    np.testing.assert_allclose(break_even_bar(2, 0.25, 1.0, 0.95), [0.75, 0.95])  # a quarter copy of idle time
+    np.testing.assert_allclose(break_even_bar(1, 0.0, 1.0, 0.9), [0.9])  # no idle time at all
+
+
+def test_break_even_prefetches_a_lookahead_below_the_fixed_bar():
+    # a lookahead right about 70% of the time: under the fixed bar (0.9) the flagship never prefetches; at the
+    # break-even bar it does, and most of what it fetches is used
+    w = random_workload(tiny_model(layers=4, experts=16, top_k=1), 1, n_seq=6, min_len=20, max_len=30, seed=1)
+    be, fixed = (count_metrics(plan(w, FLAGSHIP, 8, hardware=TEST_HW, break_even=b)) for b in (True, False))
+    assert fixed["prefetch_issued"] == 0
+    assert be["prefetch_issued"] > 0 and be["prefetch_used"] > 0.6 * be["prefetch_issued"]
+    assert be["demand_loads"] < fixed["demand_loads"]

@@ -182,6 +182,7 @@ ABLATION = {
     "with_cooccurrence": (("cooccurrence", True),),
     "no_lookahead": (("lookahead", False),),
     "no_hardware_window": (("hardware_window", False),),
+    "fixed_bar": (("break_even", False),),
     "beta_0": (("adaptive", False), ("beta", 0.0)),
     "beta_2": (("adaptive", False), ("beta", 2.0)),
 }

@@ -41,10 +41,17 @@ Hence, with only what a real engine has (the past, the current layer's routing, 
   shows it on every workload; on the short gpt-oss test trace it costs 5.5%: small counts make it overconfident).
   Prefetch, most likely first, the experts whose forecast clears a bar, each only in place of a victim less likely
   to be used at its own next visit (a calibration table, learned online, turns a resident's value into that
-  probability). How high the bar: copies that fit under this layer-step's compute (its
-  expert FFNs, the next NON-MoE part, the host's issue time, over one expert's copy time: static figures of the
-  target's hardware profile) cost no time, so inside that window the bar is ``min_probability``; past it a wrong
-  guess pushes out copies that are needed, and the bar rises to ``sure_probability``.
+  probability). How high the bar, from the hardware profile (``break_even``): after this layer-step's demand copies
+  the link idles while the compute stream runs its expert FFNs, the next NON-MoE part and the host's issue time
+  (``G``, static figures of the target's profile). The ``i``-th prefetch (most likely first) fills
+  ``s_i = clip(G - i * t_copy, 0, t_copy)`` of that idle time: right, it saves ``s_i`` of the next layer's stall;
+  wrong, it costs the rest of its copy, ``t_copy - s_i``. It pays for itself in expected latency when
+  ``p > 1 - s_i / t_copy``: any named expert for a copy wholly inside the window, a rising bar at its edge. Past
+  the window a right guess only moves a copy the link would make anyway and a wrong one delays the copies that
+  are needed, so only near-certain ones go (``sure_probability``). Wrong guesses are paid in loads: at small batch
+  this plan needs more copies than one that waits (as every lookahead prefetcher does) for less time per step;
+  ``break_even=False`` keeps the fixed bars (``min_probability`` inside the window), the ablation's
+  ``fixed_bar``.
 
 Every decision compares integers (counts, layer-step distances, and values rounded to fixed point from correctly
 rounded operations), so the same plan comes out on every platform.
@@ -67,6 +74,15 @@ _BETAS = (0.0, 1.0, 2.0)  # frequency only, the default, recency-leaning
 _CAL_EDGES = 2.0 ** np.arange(-12, 9)  # calibration buckets of the value (log2 steps)
 
 
+def break_even_bar(n: int, idle_ms: float, t_copy_ms: float, sure: float) -> np.ndarray:
+    """``[n]``: the probability the ``i``-th prefetch (most likely first) must reach to pay for itself in expected
+    latency, when the link would idle ``idle_ms`` and a copy takes ``t_copy_ms``: it fills
+    ``s_i = clip(idle - i * t_copy, 0, t_copy)`` of the idle time, saving ``s_i`` if right and costing
+    ``t_copy - s_i`` if wrong, so ``1 - s_i / t_copy``; ``sure`` for a copy wholly past the idle time."""
+    idle = idle_ms - t_copy_ms * np.arange(n)
+    return np.where(idle > 0, 1.0 - np.clip(idle, 0.0, t_copy_ms) / t_copy_ms, sure)
+
+
 def _pow(x: np.ndarray, beta: float) -> np.ndarray:
     """``x ** beta`` for the betas used, from correctly rounded operations only (the same bits everywhere)."""
     if beta == 0.0:
@@ -81,7 +97,7 @@ def _pow(x: np.ndarray, beta: float) -> np.ndarray:
 @register("intelligent_dedup", "ours: reuse rate per slot-time weighted by the learned worth of the router rank, "
           "recency/frequency adapted by shadow caches, admitted lookahead prefetch",
           "this artifact (the seed's Intelligent+Deduplication, redesigned on real routing)",
-          "lookahead (learned co-occurrence optional), admitted",
+          "lookahead at the break-even bar (learned co-occurrence optional), admitted",
           "uses x rank weight / visits since / sqrt(distance), adaptive",
           order=150)
 class IntelligentDedup(Recency):
@@ -90,7 +106,7 @@ class IntelligentDedup(Recency):
     def __init__(self, ctx, adaptive: bool = True, distance: bool = True, frequency: bool = True,
                  prefetch: bool = True, cooccurrence: bool = False, lookahead: bool = True, rank: bool = True,
                  hardware_window: bool = True, min_probability: float = 0.9, sure_probability: float = 0.95,
-                 margin: int = 2, beta: float = 1.0) -> None:
+                 margin: int = 2, beta: float = 1.0, break_even: bool = True) -> None:
         super().__init__(ctx)
         L, E = ctx.L, ctx.E
         if not 0.0 < min_probability <= sure_probability <= 1.0:
@@ -101,6 +117,7 @@ class IntelligentDedup(Recency):
         self.use_lookahead = lookahead and ctx.has_lookahead
         self.hardware_window = hardware_window
         self.min_p, self.sure_p, self.margin = min_probability, sure_probability, margin
+        self.break_even = break_even
         n = L * E
         self.uses = np.zeros(n, np.int64)  # layer-steps that read each expert
         self.last = np.full(n, -1, np.int64)  # step of its last read
@@ -305,15 +322,24 @@ class IntelligentDedup(Recency):
         if not self.do_prefetch or self.next_layer != layer + 1:
             return None
         p = self.next_p
-        cand = np.nonzero(p >= self.min_p)[0]
-        if cand.shape[0] == 0:
-            return None
-        cand = cand[np.lexsort((cand, -self._key(p[cand])))]
-        if self.hardware_window and self.t_copy > 0:
-            window = int(np.ceil(self._compute_ms(g) / self.t_copy))
-            cand = np.concatenate([cand[:window], cand[window:][p[cand[window:]] >= self.sure_p]])
+        if self.break_even and self.hardware_window and self.t_copy > 0:
+            cand = np.nonzero(p > 0)[0]
+            if cand.shape[0] == 0:
+                return None
+            cand = cand[np.lexsort((cand, -self._key(p[cand])))]
+            cand = cand[p[cand] >= break_even_bar(cand.shape[0], self._compute_ms(g), self.t_copy, self.sure_p)]
+            if cand.shape[0] == 0:
+                return None
         else:
-            cand = cand[p[cand] >= self.sure_p]
+            cand = np.nonzero(p >= self.min_p)[0]
+            if cand.shape[0] == 0:
+                return None
+            cand = cand[np.lexsort((cand, -self._key(p[cand])))]
+            if self.hardware_window and self.t_copy > 0:
+                window = int(np.ceil(self._compute_ms(g) / self.t_copy))
+                cand = np.concatenate([cand[:window], cand[window:][p[cand[window:]] >= self.sure_p]])
+            else:
+                cand = cand[p[cand] >= self.sure_p]
         gids = cand + (layer + 1) * ctx.E
         return Prefetch(gids, np.full(gids.shape[0], g + 1, np.int64), None)
 

@@ -453,6 +453,7 @@ VARIANTS = {
     "with_cooccurrence": "the learned co-occurrence forecast on (off by default): prefetch without a lookahead",
     "no_lookahead": "the trace's lookahead ignored (no prefetch unless the co-occurrence forecast is on)",
     "no_hardware_window": "no copy window: the prefetch bar is always the high one",
+    "fixed_bar": "fixed prefetch bars (0.9 inside the copy window, 0.95 past it) instead of the break-even one",
     "beta_0": "beta fixed at 0 (frequency only; no shadow caches)",
     "beta_2": "beta fixed at 2 (recency-leaning; no shadow caches)",
 }

@@ -22,5 +22,6 @@ def test_generate_switch_1m_decisions(benchmark):
     )
     decisions = trace.num_tokens * spec.moe_layers
     benchmark.extra_info["token_layer_decisions"] = decisions
-    benchmark.extra_info["decisions_per_s"] = decisions / benchmark.stats.stats.mean
-    benchmark.extra_info["decisions_per_s_best"] = decisions / benchmark.stats.stats.min
+    if benchmark.stats is not None:  # None under --benchmark-disable (the cases then run once, untimed)
+        benchmark.extra_info["decisions_per_s"] = decisions / benchmark.stats.stats.mean
+        benchmark.extra_info["decisions_per_s_best"] = decisions / benchmark.stats.stats.min

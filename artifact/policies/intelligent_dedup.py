@@ -134,7 +134,7 @@ class IntelligentDedup(Recency):
         self.beta = beta
         self.shadow_res = np.zeros((len(_BETAS), n), bool)
         self.shadow_n = np.zeros(len(_BETAS), np.int64)
-        self._all = np.arange(n, dtype=np.int64)
+        self._pos = np.zeros(n, np.int64)  # scratch: each held expert's place in the shadows' shared features
         self.shadow_miss = np.zeros(len(_BETAS), np.int64)
         # Calibration: value bucket at a visit -> used at that visit (counts).
         nb = _CAL_EDGES.shape[0] + 1
@@ -265,12 +265,15 @@ class IntelligentDedup(Recency):
             self.shadow_miss[i] += int(miss.shape[0])
             need = int(self.shadow_n[i]) + miss.shape[0] - C
             if need > 0:
-                if feats is None:  # one pass over every expert, shared by the shadows
-                    feats = self._features(self._all, g)
+                if feats is None:  # one pass over the experts any shadow holds, shared by the shadows
+                    held = np.nonzero(self.shadow_res.any(axis=0))[0]
+                    self._pos[held] = np.arange(held.shape[0])
+                    feats = self._features(held, g)
                 res[uniq] = False  # pinned while they are read: never a victim
                 cand = np.nonzero(res)[0]
                 res[uniq] = True
-                v = self._key(self._value(*(f[cand] for f in feats), beta))
+                at = self._pos[cand]
+                v = self._key(self._value(*(f[at] for f in feats), beta))
                 res[smallest_lex(cand, need, v, self.last[cand])] = False
                 self.shadow_n[i] -= need
             res[miss] = True

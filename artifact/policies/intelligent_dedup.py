@@ -325,24 +325,20 @@ class IntelligentDedup(Recency):
         if not self.do_prefetch or self.next_layer != layer + 1:
             return None
         p = self.next_p
-        if self.break_even and self.hardware_window and self.t_copy > 0:
-            cand = np.nonzero(p > 0)[0]
-            if cand.shape[0] == 0:
-                return None
-            cand = cand[np.lexsort((cand, -self._key(p[cand])))]
-            cand = cand[p[cand] >= break_even_bar(cand.shape[0], self._compute_ms(g), self.t_copy, self.sure_p)]
-            if cand.shape[0] == 0:
-                return None
+        windowed = self.hardware_window and self.t_copy > 0
+        break_even = self.break_even and windowed
+        cand = np.nonzero(p > 0 if break_even else p >= self.min_p)[0]
+        if cand.shape[0] == 0:
+            return None
+        cand = cand[np.lexsort((cand, -self._key(p[cand])))]
+        if break_even:
+            bar = break_even_bar(cand.shape[0], self._compute_ms(g), self.t_copy, self.sure_p)
+        elif windowed:  # the fixed bars: min_probability for the copies that fit under the compute, then sure
+            bar = np.where(np.arange(cand.shape[0]) < np.ceil(self._compute_ms(g) / self.t_copy), self.min_p,
+                           self.sure_p)
         else:
-            cand = np.nonzero(p >= self.min_p)[0]
-            if cand.shape[0] == 0:
-                return None
-            cand = cand[np.lexsort((cand, -self._key(p[cand])))]
-            if self.hardware_window and self.t_copy > 0:
-                window = int(np.ceil(self._compute_ms(g) / self.t_copy))
-                cand = np.concatenate([cand[:window], cand[window:][p[cand[window:]] >= self.sure_p]])
-            else:
-                cand = cand[p[cand] >= self.sure_p]
+            bar = self.sure_p
+        cand = cand[p[cand] >= bar]
         gids = cand + (layer + 1) * ctx.E
         return Prefetch(gids, np.full(gids.shape[0], g + 1, np.int64), None)
 

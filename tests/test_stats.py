@@ -72,6 +72,16 @@ def test_temporal_locality_topk_overlap():
     assert s["first_choice_repeat"] == [pytest.approx(0.0)]
 
 
+def test_reuse_by_rank():
+    # K = 2, one layer. Pairs: [0,1]->[1,2]: rank 0 (0) gone, rank 1 (1) back (as a first choice); [1,2]->[2,3]:
+    # rank 0 (1) gone, rank 1 (2) back; [2,3]->[2,0]: rank 0 back, rank 1 gone. A second sequence [5,6]->[6,5]: both.
+    tr = _trace([[[0, 1]], [[1, 2]], [[2, 3]], [[2, 0]], [[5, 6]], [[6, 5]]], [4, 2], 7)
+    s = trace_stats(tr, batches=())
+    assert s["reuse_by_rank"] == [pytest.approx(2 / 4), pytest.approx(3 / 4)]
+    assert s["first_choice_repeat"] == [pytest.approx(1 / 4)]  # only [2,3]->[2,0] keeps its first choice first
+    assert trace_stats(_trace([1, 2, 3], [1, 1, 1], 5), batches=())["reuse_by_rank"] is None  # no pairs
+
+
 def test_cross_layer_deterministic_map_is_perfect():
     # Two identical sequences; layer 1 = layer 0 + 4 everywhere. Whichever half fits, the table is exact.
     seq = [[0, 4], [1, 5], [2, 6], [0, 4]]
@@ -167,19 +177,23 @@ def test_against_plain_references_on_a_synthetic_trace():
     for b in (1, 3, 4):
         np.testing.assert_allclose(s["unique_experts"][str(b)]["per_layer"], _reference_unique(tr, b, 5))
     np.testing.assert_allclose(s["cross_layer_accuracy"], _reference_cross(tr, 5))
-    # Locality and lookahead by loops.
+    # Locality, reuse by rank and lookahead by loops.
     loc, la = np.zeros(tr.layers), np.zeros(tr.layers)
+    by_rank = np.zeros(tr.top_k)
     pairs = 0
     for i in range(tr.num_sequences):
         lo, hi = int(tr.seq_offsets[i]), int(tr.seq_offsets[i + 1])
         for t in range(lo, hi - 1):
             for lyr in range(tr.layers):
                 loc[lyr] += len(set(tr.experts[t, lyr]) & set(tr.experts[t + 1, lyr])) / tr.top_k
+                for k in range(tr.top_k):
+                    by_rank[k] += int(tr.experts[t, lyr, k] in set(tr.experts[t + 1, lyr])) / tr.layers
             pairs += 1
     for t in range(tr.num_tokens):
         for lyr in range(1, tr.layers):
             la[lyr] += len(set(tr.experts[t, lyr]) & set(tr.lookahead[t, lyr])) / tr.top_k
     np.testing.assert_allclose(s["temporal_locality"], loc / pairs)
+    np.testing.assert_allclose(s["reuse_by_rank"], by_rank / pairs)
     np.testing.assert_allclose(s["lookahead_accuracy"], la[1:] / tr.num_tokens)
 
 

@@ -3,8 +3,8 @@ model family, and the workloads of the E9 sweep as measured (``python -m artifac
 writes ``DIR/routing_stats.json``; ``reproduce`` runs it).
 
 Each entry is the output of :func:`artifact.traces.stats.trace_stats` (decode tokens) reduced to the figures a cache
-cares about: top-10% share, temporal locality, first-choice repeat, adjacent-layer predictability (with its note),
-lookahead accuracy, unique experts per layer at batch 1 and 8, and the trace's shape.
+cares about: top-10% share, temporal locality, first-choice repeat, next-token reuse by router rank, adjacent-layer
+predictability (with its note), lookahead accuracy, unique experts per layer at batch 1 and 8, and the trace's shape.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from artifact.traces.vendored import load as load_vendored
 from artifact.traces.vendored import names as vendored_names
 
 SYNTHETIC_SEQUENCES, SYNTHETIC_TOKENS = 64, 128  # the pool the synthetic figures are measured on (seed 0)
-_KEYS = ("top10_share_mean", "temporal_locality_mean", "first_choice_repeat_mean", "cross_layer_accuracy_mean",
+_KEYS = ("top10_share_mean", "temporal_locality_mean", "first_choice_repeat_mean", "reuse_by_rank",
+         "cross_layer_accuracy_mean",
          "cross_layer_split", "cross_layer_note", "lookahead_accuracy_mean", "tokens", "sequences", "layers",
          "num_experts", "top_k_used", "native_top_k", "model", "source")
 

@@ -25,8 +25,9 @@ Hence, with only what a real engine has (the past, the current layer's routing, 
   since last use`` counts its layer's visits since (1 right after a use), and ``d`` the layer-steps until its layer
   comes round. Ties go to the least recently used slot.
 - ``w(rank)``, learned online (fact 5): the router ranks a token's experts, and on the real traces an expert that
-  was a token's first choice is read again at the next token far more often than its last choice (Qwen3 48% against
-  28% at batch 1; gemma 46% against 26%; gpt-oss 22% against 14%). Each expert remembers the best rank it had at
+  was a token's first choice is read again at the next token far more often than its last choice (``reuse_by_rank``
+  of :mod:`artifact.traces.stats`, the report's routing statistics: Qwen3 48% against 28%; gemma 46% against 26%;
+  gpt-oss 22% against 14%; the synthetic generator's ranks are much flatter, 44% against 41% on Qwen3's preset). Each expert remembers the best rank it had at
   its last read; at every visit of a layer, the experts read before count, by that rank, whether the visit reads
   them; ``w(rank)`` is that rank's rate over the rate of all of them (one pseudo-count at the mean). The columns of
   the routing are in router order (the trace format's contract), so this needs no information beyond the routing.

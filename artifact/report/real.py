@@ -216,9 +216,15 @@ def _f1(v) -> str:
     return f"{float(v):.1f}"
 
 
+def _first_last(v) -> str:
+    """``[K]`` per-rank figures as 'first / last' (one value for top-1)."""
+    return f"{float(v[0]):.3f}" if len(v) == 1 else f"{float(v[0]):.3f} / {float(v[-1]):.3f}"
+
+
 STAT_COLUMNS = (("top10_share_mean", "top-10% experts' share of requests", _f3),
                 ("temporal_locality_mean", "temporal locality", _f3),
                 ("first_choice_repeat_mean", "first choice repeated", _f3),
+                ("reuse_by_rank", "next-token reuse, first / last choice", _first_last),
                 ("cross_layer_accuracy_mean", "adjacent-layer predictability", _f3),
                 ("lookahead_accuracy_mean", "lookahead accuracy", _f3),
                 ("unique_experts_b1", "unique experts / layer, B=1", _f1),
@@ -257,7 +263,9 @@ def routing_stats_table(stats: Mapping) -> Table:
     cap = (f"{stats.get('about', 'routing statistics')} (raw/routing_stats.json); means over layers. Top-10% share: "
            "share of token-expert selections taken by the 10% most selected experts of a layer; temporal locality: "
            "mean share of a token's experts that the previous token of its sequence also used at that layer; first "
-           "choice repeated: the same for the first-choice expert; adjacent-layer predictability: held-out accuracy "
+           "choice repeated: the same for the first-choice expert; next-token reuse: the share of a token's "
+           "first-choice (and last-choice) experts that the next token of its sequence picks again at that layer, "
+           "at any rank; adjacent-layer predictability: held-out accuracy "
            "of a first-choice transition table from layer l to l + 1; lookahead accuracy: share of the true experts "
            "the trace's own next-layer prediction names, where it has one. Real traces carry one sequence each, so "
            "unique experts at batch 8 cannot be measured on them." + (" Notes: " + "; ".join(notes) + "."

@@ -12,6 +12,10 @@ e.g. temporal locality of a trace whose sequences are all one token long). Defin
   ``t+1``'s top-k ids that are also in token ``t``'s top-k. For top-1 this is the fraction of pairs whose expert
   repeats. ``first_choice_repeat`` is the fraction of pairs whose first-choice expert repeats (the figure of Mixtral
   arXiv:2401.04088 Table 5); it equals ``temporal_locality`` for top-1.
+- ``reuse_by_rank`` (``[K]``, means over layers): over the same pairs, for each router rank ``k`` of token ``t``'s
+  top-k (0 = first choice), the fraction of pairs whose token ``t+1`` picks token ``t``'s rank-``k`` expert again, at
+  any rank (what the flagship's rank weight learns online). Its first entry equals ``first_choice_repeat`` only when
+  the repeat keeps its rank, so it is at least that figure.
 - ``cross_layer_accuracy`` (pairs ``l -> l+1``, "adjacent-layer predictability"): held-out accuracy of a
   first-choice transition table. With 2 or more sequences they are split by a seeded shuffle: the first
   ``floor(S / 2)`` fit, the rest evaluate (``cross_layer_split`` = "sequences"); a single sequence (a real capture
@@ -159,8 +163,10 @@ def trace_stats(trace: Trace, batches: tuple[int, ...] = DEFAULT_BATCHES, seed: 
         prev, nxt = ex[pairs], ex[pairs + 1]  # [P, L, K]
         locality = _overlap(prev, nxt).mean(axis=0).tolist()  # [L]
         first_repeat = (prev[:, :, 0] == nxt[:, :, 0]).mean(axis=0).tolist()  # [L]
+        by_rank = (prev[:, :, :, None] == nxt[:, :, None, :]).any(axis=3).mean(axis=0)  # [L, K]
+        reuse_by_rank = [float(v) for v in by_rank.mean(axis=0)]
     else:
-        locality = first_repeat = None
+        locality = first_repeat = reuse_by_rank = None
 
     cross, split, held_out = _cross_layer(ex[:, :, 0], off, E, seed)
     note = ""
@@ -198,6 +204,7 @@ def trace_stats(trace: Trace, batches: tuple[int, ...] = DEFAULT_BATCHES, seed: 
         "temporal_locality_mean": _mean(locality),
         "first_choice_repeat": first_repeat,
         "first_choice_repeat_mean": _mean(first_repeat),
+        "reuse_by_rank": reuse_by_rank,
         "cross_layer_accuracy": cross,
         "cross_layer_accuracy_mean": _mean(cross),
         "cross_layer_split": split,

@@ -27,13 +27,14 @@ Hence, with only what a real engine has (the past, the current layer's routing, 
 - ``w(rank)``, learned online (fact 5): the router ranks a token's experts, and on the real traces an expert that
   was a token's first choice is read again at the next token far more often than its last choice (``reuse_by_rank``
   of :mod:`artifact.traces.stats`, the report's routing statistics: Qwen3 48% against 28%; gemma 46% against 26%;
-  gpt-oss 22% against 14%; the synthetic generator's ranks are much flatter, 44% against 41% on Qwen3's preset). Each expert remembers the best rank it had at
-  its last read; at every visit of a layer, the experts read before count, by that rank, whether the visit reads
-  them; ``w(rank)`` is that rank's rate over the rate of all of them (one pseudo-count at the mean). The columns of
-  the routing are in router order (the trace format's contract), so this needs no information beyond the routing.
-  A top-1 router ranks nothing: then ``w`` = 1. ``beta`` adapts online to what has worked on this workload: three
-  shadow caches of the same size, demand fetch, ``beta`` = 0 (frequency only), 1 and 2 (recency-leaning), see every
-  request; the cache follows the one with the fewest misses lately (decayed by 1/8 every decode step), once it leads
+  gpt-oss 22% against 14%; the synthetic generator's ranks are much flatter, 44% against 41% on Qwen3's preset). Each
+  expert remembers the best rank it had at its last read; at every visit of a layer, the experts read before count,
+  by that rank, whether the visit reads them; ``w(rank)`` is that rank's rate over the rate of all of them (one
+  pseudo-count at the mean). The columns of the routing are in router order (the trace format's contract), so this
+  needs no information beyond the routing. A top-1 router ranks nothing: then ``w`` = 1.
+- ``beta`` adapts online to what has worked on this workload: three shadow caches of the same size, demand fetch,
+  ``beta`` = 0 (frequency only), 1 and 2 (recency-leaning), see every request;
+  the cache follows the one with the fewest misses lately (decayed by 1/8 every decode step), once it leads
   by 2% and by a quarter of a step's requests (set dueling, Qureshi et al. ISCA'07, with whole shadow caches).
 - Next-layer forecast: while layer ``l`` runs, the probability each expert of layer ``l + 1`` is used: from the
   lookahead (its precision learned online) when the trace has one. The learned co-occurrence of the batch's

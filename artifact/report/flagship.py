@@ -51,12 +51,13 @@ SPLIT_TEXT = (f"Parameters of the flagship were fixed on the **development** spl
               "in the ablation) came last, decided on the development split alone: it learns from every expert read "
               "before, not only from those read at the previous visit (on the development trace, in a development "
               "replay of demand fetches with beta fixed at 1: 25.9% of the gap closed, against 23.7% learning from "
-              "the previous visit only and 24.3% without the weight); no top-1 workload changes. It was kept as decided, whatever "
-              "the test workloads then showed: the ablation and target tables show them. The prefetch bar followed, also "
-              "decided on the development split alone: the fixed bars (0.9 inside the copy window) sat above the "
-              "synthetic lookahead's learned precision (about 0.85), so the flagship never prefetched at small "
-              "batch; the break-even bar, derived from the hardware profile with no parameter of its own, trades "
-              "loads for latency there (`fixed_bar` in the ablation shows the old bars on every workload).")
+              "the previous visit only and 24.3% without the weight); no top-1 workload changes. It was kept as "
+              "decided, whatever the test workloads then showed: the ablation and target tables show them. The "
+              "prefetch bar followed, also decided on the development split alone: the fixed bars (0.9 inside the "
+              "copy window) sat above the synthetic lookahead's learned precision (about 0.85), so the flagship "
+              "never prefetched at small batch; the break-even bar, derived from the hardware profile with no "
+              "parameter of its own, trades loads for latency there (`fixed_bar` in the ablation shows the old bars "
+              "on every workload).")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -265,12 +266,12 @@ def gap_summary(frame: pd.DataFrame) -> tuple[float, int]:
 
 
 def hindsight_closed(rows: pd.DataFrame, ablation: pd.DataFrame | None, flagship: str) -> pd.Series:
-    """Per cache of one real workload: the share of the gap closed by the best of the flagship's ablation variants
-    (and the flagship itself) at that cache, chosen knowing the loads: a bound on what switching its parts could do,
-    not a policy. Empty without ablation rows for the workload."""
-    a = ablation if ablation is not None else pd.DataFrame(columns=["workload", "protocol", "refused", "strategy"])
-    a = a[a["workload"].isin(set(rows["workload"])) & (a["protocol"] == "batched") & ~a["refused"].astype(bool)
-          & (a["strategy"] == flagship)]
+    """Per cache of one real workload: the gap share closed by the best ablation variant (or the flagship) there,
+    chosen knowing the loads: how far switching its parts could go, not a policy. Empty without ablation rows."""
+    if ablation is None or ablation.empty:
+        return pd.Series(dtype=float)
+    a = ablation[ablation["workload"].isin(set(rows["workload"])) & (ablation["protocol"] == "batched")
+                 & ~ablation["refused"] & (ablation["strategy"] == flagship)]
     if a.empty:
         return pd.Series(dtype=float)
     fr = gap_closed(rows, flagship)

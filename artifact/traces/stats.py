@@ -14,8 +14,8 @@ e.g. temporal locality of a trace whose sequences are all one token long). Defin
   arXiv:2401.04088 Table 5); it equals ``temporal_locality`` for top-1.
 - ``reuse_by_rank`` (``[K]``, means over layers): over the same pairs, for each router rank ``k`` of token ``t``'s
   top-k (0 = first choice), the fraction of pairs whose token ``t+1`` picks token ``t``'s rank-``k`` expert again, at
-  any rank (what the flagship's rank weight learns online). Its first entry equals ``first_choice_repeat`` only when
-  the repeat keeps its rank, so it is at least that figure.
+  any rank (what the flagship's rank weight learns online). Its first entry is at least ``first_choice_repeat`` (a
+  repeated expert may change rank); its mean over ranks is ``temporal_locality``.
 - ``cross_layer_accuracy`` (pairs ``l -> l+1``, "adjacent-layer predictability"): held-out accuracy of a
   first-choice transition table. With 2 or more sequences they are split by a seeded shuffle: the first
   ``floor(S / 2)`` fit, the rest evaluate (``cross_layer_split`` = "sequences"); a single sequence (a real capture
@@ -161,10 +161,10 @@ def trace_stats(trace: Trace, batches: tuple[int, ...] = DEFAULT_BATCHES, seed: 
     pairs = _pairs(off, T)
     if pairs.size:
         prev, nxt = ex[pairs], ex[pairs + 1]  # [P, L, K]
-        locality = _overlap(prev, nxt).mean(axis=0).tolist()  # [L]
+        again = (prev[:, :, :, None] == nxt[:, :, None, :]).any(axis=3)  # [P, L, K]: picked again by the next token
+        locality = again.mean(axis=(0, 2)).tolist()  # [L] (a top-k holds distinct ids: the overlap is symmetric)
         first_repeat = (prev[:, :, 0] == nxt[:, :, 0]).mean(axis=0).tolist()  # [L]
-        by_rank = (prev[:, :, :, None] == nxt[:, :, None, :]).any(axis=3).mean(axis=0)  # [L, K]
-        reuse_by_rank = [float(v) for v in by_rank.mean(axis=0)]
+        reuse_by_rank = [float(v) for v in again.mean(axis=(0, 1))]  # [K]
     else:
         locality = first_repeat = reuse_by_rank = None
 

@@ -376,3 +376,26 @@ def test_gpu_host_slab_registration_is_undone_and_a_refusal_leaves_no_error():
     torch.ones(8, device="cuda").add_(1)  # would raise the stale error had it not been cleared
     torch.cuda.synchronize()
     rt.cudaHostUnregister(t.data_ptr())
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_pinned_ring_never_overwrites_an_upload_still_queued():
+    """The index uploads of live COMPUTEs reuse a small pinned ring: with the stream held back by a long kernel, every
+    upload (across halves, wraps, and one too large for the ring) must still arrive as it was written."""
+    from artifact.engine.live_executor import PinnedRing
+
+    ring = PinnedRing(size=64)
+    rng = np.random.default_rng(0)
+    big = torch.randn(4096, 4096, device="cuda")
+    sent, got = [], []
+    for i in range(200):
+        if i % 25 == 0:
+            big = big @ big  # keeps the stream busy, so the copies queued behind it lag the host
+            big /= big.norm()
+        a = rng.integers(-1 << 30, 1 << 30, int(rng.choice([1, 3, 17, 31, 40]))).astype(np.int32)
+        sent.append(a)
+        got.append(ring.upload(a, torch.device("cuda")))
+    torch.cuda.synchronize()
+    for a, t in zip(sent, got):
+        assert np.array_equal(t.cpu().numpy(), a)

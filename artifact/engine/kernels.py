@@ -75,6 +75,11 @@ class ExpertKernels:
         self._cap = 0
         self._views: dict[int, tuple] = {}
 
+    @property
+    def capacity(self) -> int:
+        """Gathered tokens per COMPUTE the staging buffers hold now."""
+        return self._cap
+
     def ensure_capacity(self, max_rows: int) -> None:
         """Staging buffers for up to ``max_rows`` gathered tokens per COMPUTE (allocated before timing)."""
         if max_rows <= self._cap:

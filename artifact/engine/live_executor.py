@@ -62,6 +62,43 @@ def choose_ffn(ffn: str, device: torch.device, dtype: torch.dtype, lay: ExpertLa
     return ffn
 
 
+class PinnedRing:
+    """Pinned host memory for the small index uploads of live COMPUTEs, reused round a ring (``pin_memory`` per upload
+    costs a pinned allocation each time). A copy from the ring runs later on the stream, so a half of the ring is
+    rewritten only once the copies from its last use have run: entering a half records an event on the stream, and
+    first waits for the event recorded when the other half was entered, which follows every copy from this half's
+    last use (long done: a lap is thousands of uploads)."""
+
+    def __init__(self, size: int = 1 << 16) -> None:
+        self.buf = torch.empty(size, dtype=torch.int32, pin_memory=True)
+        self.np = self.buf.numpy()
+        self.half = size // 2
+        self.pos = 0
+        self.cur: int | None = None  # the half written last
+        self.events: list = [None, None]  # per half: the event recorded when it was last entered
+
+    def upload(self, a: np.ndarray, device: torch.device) -> torch.Tensor:
+        """``a`` (int32 ``[n]``) copied to ``device`` on the current stream, without blocking."""
+        n = int(a.shape[0])
+        if n > self.half:  # larger than half the ring (a long prefill): a one-off pinned copy
+            return torch.from_numpy(a).pin_memory().to(device, non_blocking=True)
+        if self.pos + n > 2 * self.half:
+            self.pos = 0
+        for h in sorted({self.pos // self.half, (self.pos + max(n, 1) - 1) // self.half}):
+            if h != self.cur:
+                other = self.events[1 - h]
+                if other is not None:
+                    other.synchronize()
+                ev = torch.cuda.Event()
+                ev.record(torch.cuda.current_stream(device))
+                self.events[h] = ev
+                self.cur = h
+        self.np[self.pos:self.pos + n] = a
+        out = self.buf[self.pos:self.pos + n].to(device, non_blocking=True)
+        self.pos += n
+        return out
+
+
 class LiveExecutor:
     """``C`` device slots over the host slab ``host [rows, numel]``; runs one layer-step's operations at a time."""
 
@@ -77,6 +114,7 @@ class LiveExecutor:
         self.kernels = make_kernels(lay, spec, self.slots, self.ffn)
         self.C = slots
         self.copy_stream = torch.cuda.Stream(device) if self.cuda else None
+        self.ring = PinnedRing() if self.cuda else None
         self.counters = IssueCounters()
         self._reset_events()
 
@@ -166,10 +204,10 @@ class LiveExecutor:
         self.counters.bytes_copied += (b - a) * nbytes
 
     def _upload(self, a: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(a)
+        """``a`` (int32) on the device: on CUDA through the pinned ring, without blocking."""
         if not self.cuda:
-            return t
-        return t.pin_memory().to(self.device, non_blocking=True)
+            return torch.from_numpy(a)
+        return self.ring.upload(a, self.device)
 
     def _compute(self, pb: PlanBuilder, c: int, entries: tuple, K: int, w: torch.Tensor, x: torch.Tensor,
                  out: torch.Tensor) -> None:
@@ -183,11 +221,25 @@ class LiveExecutor:
         grouped = self.ffn == "grouped"
         perm = np.argsort(slots if grouped else gids, kind="stable")  # loop: ascending expert, the model's order
         counts = (hi - lo)[perm]
-        idx = np.concatenate([order[lo[p]:hi[p]] for p in perm]) if perm.size else np.zeros(0, np.int64)
-        # Indices go up before the wait on this COMPUTE's loads, from pinned memory and without blocking: a plain
-        # (pageable) upload would make the host wait for the compute stream, i.e. for those loads.
-        idx_t = self._upload(idx)  # [R]: entry t * K + k of each row, use after use
+        # The entries of each use, use after use: order[lo[p]:hi[p]] for p in perm, as one gather.
+        starts = np.cumsum(counts) - counts
+        idx = order[np.repeat(lo[perm] - starts, counts) + np.arange(int(counts.sum()))]
+        chunks = chunk_slots(slots[perm], counts) if grouped else []
+        # Every index of this COMPUTE goes up in ONE copy, before the wait on its loads, from pinned memory and
+        # without blocking (a pageable upload would make the host wait for the compute stream, i.e. for those loads):
+        # the grouped GEMMs' offsets (each part at a 16-byte boundary), the entry t * K + k of each row, its token.
+        R = idx.shape[0]
+        parts = [c[4] for c in chunks] + [idx, idx // K]
+        at = np.cumsum([0] + [-(-q.shape[0] // 4) * 4 for q in parts])
+        pack = np.zeros(int(at[-1]), np.int32)
+        for q, a in zip(parts, at[:-1].tolist()):
+            pack[a:a + q.shape[0]] = q
+        dev = self._upload(pack)
+        n_off = len(chunks)
+        idx_t = dev[at[n_off]:at[n_off] + R]  # [R]: entry t * K + k of each row, use after use
+        rows = dev[at[n_off + 1]:at[n_off + 1] + R]  # [R] token rows
         if self.cuda:
+            cur = torch.cuda.current_stream(self.device)
             mx = max(loads) if loads else -1
             if mx > self.comp_waited:
                 s = int(slots[loads.index(mx)])
@@ -195,19 +247,20 @@ class LiveExecutor:
                 if held is None or held[0] != mx:
                     raise RuntimeError(f"live executor: COMPUTE {c} reads LOAD {mx} in slot {s}, which holds "
                                        f"LOAD {None if held is None else held[0]}")
-                torch.cuda.current_stream(self.device).wait_event(held[1])
+                cur.wait_event(held[1])
                 self.comp_waited = mx
-        rows = torch.div(idx_t, K, rounding_mode="floor")  # [R] token rows
         gate = w.reshape(-1).index_select(0, idx_t).unsqueeze(1)  # [R, 1], the router's dtype (the model's math)
         k = self.kernels
         ends = np.concatenate([[0], np.cumsum(counts)])
-        with torch.inference_mode(False):
-            k.ensure_capacity(max(int(ends[-1]) if grouped else int(counts.max(initial=0)), 1))
+        need = max(int(ends[-1]) if grouped else int(counts.max(initial=0)), 1)
+        if need > getattr(k, "capacity", need):
+            with torch.inference_mode(False):
+                k.ensure_capacity(need)
         if grouped:
             work = []
-            for i, j, slo, shi, offs in chunk_slots(slots[perm], counts):
+            for q, (i, j, slo, shi, offs) in enumerate(chunks):
                 ra, rb = int(ends[i]), int(ends[j])
-                work.append(k.chunk_work(rows[ra:rb], gate[ra:rb], slo, shi, self._upload(offs)))
+                work.append(k.chunk_work(rows[ra:rb], gate[ra:rb], slo, shi, dev[at[q]:at[q] + offs.shape[0]]))
         else:
             work = [k.use_work(rows[ends[i]:ends[i + 1]], gate[ends[i]:ends[i + 1]], int(slots[p]))
                     for i, p in enumerate(perm) if counts[i] > 0]
@@ -217,7 +270,7 @@ class LiveExecutor:
         self.counters.uses += int(perm.size)
         if self.cuda:
             ev = torch.cuda.Event()
-            ev.record(torch.cuda.current_stream(self.device))
+            ev.record(cur)
             for s in slots.tolist():
                 self.slot_reader[s] = (c, ev)
 

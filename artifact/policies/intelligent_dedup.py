@@ -136,7 +136,6 @@ class IntelligentDedup(Recency):
         self.beta = beta
         self.shadow_res = np.zeros((len(_BETAS), n), bool)
         self.shadow_n = np.zeros(len(_BETAS), np.int64)
-        self._pos = np.zeros(n, np.int64)  # scratch: each held expert's place in the shadows' shared features
         self.shadow_miss = np.zeros(len(_BETAS), np.int64)
         # Calibration: value bucket at a visit -> used at that visit (counts).
         nb = _CAL_EDGES.shape[0] + 1
@@ -156,6 +155,7 @@ class IntelligentDedup(Recency):
         fixed_us = host.get("nonmoe_us", 0.0) + host.get("compute_us", 0.0)
         self._host_ms = (fixed_us / 1e3, host.get("use_us", 0.0) / 1e3)
         self._compute_cache: dict = {}
+        self._bars: dict = {}  # (candidates, idle ms) -> break-even bars
 
     # --- values ---------------------------------------------------------------------------------------------------
     def _features(self, gids: np.ndarray, g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -181,8 +181,10 @@ class IntelligentDedup(Recency):
         return self._rank_w
 
     def _value(self, uses, age, d, w, beta: float) -> np.ndarray:
+        """The eviction value; ``d`` None: without the distance term (the same as ``d`` = 1, whose division is
+        exact)."""
         v = (uses if self.frequency else np.ones_like(uses)).astype(np.float64) * w / _pow(age.astype(np.float64), beta)
-        if self.distance:
+        if self.distance and d is not None:
             v = v / np.sqrt(d.astype(np.float64))
         return v
 
@@ -197,7 +199,7 @@ class IntelligentDedup(Recency):
     def _p_visit(self, gids: np.ndarray, g: int) -> np.ndarray:
         """Calibrated probability that each expert is used at its next visit (from its value's bucket)."""
         uses, age, _, w = self._features(gids, g)
-        return self._calibrated(self._value(uses, age, np.ones_like(age), w, self.beta))
+        return self._calibrated(self._value(uses, age, None, w, self.beta))
 
     # --- observing the routing ------------------------------------------------------------------------------------
     def observe(self, g):
@@ -214,8 +216,11 @@ class IntelligentDedup(Recency):
         if self.do_prefetch and seen.size:
             # Calibration (for prefetch admission): the value each seen expert had at this visit, and whether it was
             # used.
-            uses, age, _, w = self._features(seen, g - 1 if layer else g)
-            b = np.searchsorted(_CAL_EDGES, self._value(uses, age, np.ones_like(age), w, self.beta), side="right")
+            # (as _features at layer-step g - 1, or g at layer 0, for experts of this layer only)
+            visited = s - 1 if layer else s
+            age = np.maximum(visited - self.last[seen], 0) + 1
+            v = self._value(self.uses[seen], age, None, self._rank_weight()[self.rank[seen]], self.beta)
+            b = np.searchsorted(_CAL_EDGES, v, side="right")
             self.cal_n += np.bincount(b, minlength=self.cal_n.shape[0])
             self.cal_hit += np.bincount(b[used], minlength=self.cal_hit.shape[0])
         if self.rank_aware and seen.size:
@@ -260,26 +265,29 @@ class IntelligentDedup(Recency):
         values, only ``beta`` differs); count each one's misses, decayed by 1/8 every decode step, and follow the one
         with the fewest (set dueling, Qureshi et al. ISCA'07, with whole shadow caches: the requests are cheap)."""
         C = self.ctx.C
-        feats = None
-        for i, beta in enumerate(_BETAS):
-            res = self.shadow_res[i]
-            miss = uniq[~res[uniq]]
-            self.shadow_miss[i] += int(miss.shape[0])
-            need = int(self.shadow_n[i]) + miss.shape[0] - C
-            if need > 0:
-                if feats is None:  # one pass over the experts any shadow holds, shared by the shadows
-                    held = np.nonzero(self.shadow_res.any(axis=0))[0]
-                    self._pos[held] = np.arange(held.shape[0])
-                    feats = self._features(held, g)
-                res[uniq] = False  # pinned while they are read: never a victim
-                cand = np.nonzero(res)[0]
-                res[uniq] = True
-                at = self._pos[cand]
-                v = self._key(self._value(*(f[at] for f in feats), beta))
-                res[smallest_lex(cand, need, v, self.last[cand])] = False
-                self.shadow_n[i] -= need
-            res[miss] = True
-            self.shadow_n[i] += miss.shape[0]
+        res = self.shadow_res  # [shadows, L * E]
+        miss = uniq.shape[0] - np.count_nonzero(res[:, uniq], axis=1)  # [shadows]
+        self.shadow_miss += miss
+        need = self.shadow_n + miss - C
+        if (need > 0).any():
+            # One pass over the experts any shadow holds, shared by the shadows; this layer-step's experts are pinned
+            # while they are read (never a victim).
+            res[:, uniq] = False
+            held = np.nonzero(res.any(axis=0))[0]
+            uses, age, d, w = self._features(held, g)
+            # The values under every beta at once, each element by the operations of _value (the same bits).
+            base = (uses if self.frequency else np.ones_like(uses)).astype(np.float64) * w
+            af = age.astype(np.float64)
+            v = np.stack([base / _pow(af, beta) for beta in _BETAS])
+            if self.distance:
+                v = v / np.sqrt(d.astype(np.float64))
+            keys = self._key(v)
+            for i in np.nonzero(need > 0)[0].tolist():
+                at = np.nonzero(res[i, held])[0]
+                cand = held[at]
+                res[i, smallest_lex(cand, int(need[i]), keys[i, at], self.last[cand])] = False
+        res[:, uniq] = True
+        self.shadow_n += miss - np.maximum(need, 0)
         if g % self.ctx.L == self.ctx.L - 1:
             self.shadow_miss -= self.shadow_miss // 8
         lead = int(np.argmin(self.shadow_miss))
@@ -305,12 +313,13 @@ class IntelligentDedup(Recency):
         layer = g % ctx.L
         if self.use_lookahead:
             la = ctx.lookahead(g + 1)
-            if la is not None and (la >= 0).any():
-                named = np.unique(la[la >= 0].astype(np.int64))
-                self._la_pending = named
-                p = np.zeros(E)
-                p[named] = self.la_hit / self.la_n
-                return p
+            if la is not None:
+                mask = np.zeros(E, bool)
+                mask[la[la >= 0]] = True
+                named = mask.nonzero()[0]  # the named experts, ascending
+                if named.shape[0]:
+                    self._la_pending = named
+                    return np.where(mask, self.la_hit / self.la_n, 0.0)
         if self.co is None or self._prev is None:
             return None
         num = numeric.total(self.co[layer][self._prev.astype(np.int64)], axis=1)  # [T, E]: integer co-occurrences
@@ -334,7 +343,10 @@ class IntelligentDedup(Recency):
             return None
         cand = cand[np.lexsort((cand, -self._key(p[cand])))]
         if break_even:
-            bar = break_even_bar(cand.shape[0], self._compute_ms(g), self.t_copy, self.sure_p)
+            key = (cand.shape[0], self._compute_ms(g))
+            bar = self._bars.get(key)
+            if bar is None:
+                bar = self._bars[key] = break_even_bar(key[0], key[1], self.t_copy, self.sure_p)
         elif windowed:  # the fixed bars: min_probability for the copies that fit under the compute, then sure
             bar = np.where(np.arange(cand.shape[0]) < np.ceil(self._compute_ms(g) / self.t_copy), self.min_p,
                            self.sure_p)

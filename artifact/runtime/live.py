@@ -144,32 +144,45 @@ class LiveRouting:
                                     f"{g - 1} ran")
         return self.lookaheads[s][:, l, :]
 
-    def _groups(self, g: int) -> tuple:
-        if self._cache is not None and self._cache[0] == g:
-            return self._cache[1]
-        s, l = self._visible(g)
-        ex = self.experts[s][:, l, :].astype(np.int64)  # [T, K]
-        gid = ex + l * self.E
-        u, c = np.unique(gid, return_counts=True)
-        items = self.items[s]
-        per_item = []
-        for it in np.unique(items):
-            ui, ci = np.unique(gid[items == it], return_counts=True)
-            per_item.append((int(it), ui, ci))
-        out = ((-1, u, c), per_item)
-        self._cache = (g, out)
-        return out
+    @staticmethod
+    def _count(gid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``np.unique(gid, return_counts=True)`` by one sort (fewer calls: this runs at every layer of a live run)."""
+        srt = np.sort(gid, axis=None)
+        if srt.shape[0] == 0:
+            return srt, np.zeros(0, np.int64)
+        first = np.empty(srt.shape[0], bool)
+        first[0] = True
+        np.not_equal(srt[1:], srt[:-1], out=first[1:])
+        at = first.nonzero()[0]
+        return srt[at], np.diff(np.append(at, srt.shape[0]))
+
+    def _groups(self, g: int, per_item: bool) -> tuple:
+        """``((-1, gids, counts), per-item groups or None)`` of layer-step ``g``; the per-item groups are made on
+        first request (the batched protocol never asks)."""
+        if self._cache is None or self._cache[0] != g:
+            s, l = self._visible(g)
+            gid = self.experts[s][:, l, :].astype(np.int64) + l * self.E  # [T, K]
+            u, c = self._count(gid)
+            self._cache = (g, ((-1, u, c), None))
+        batched, items = self._cache[1]
+        if per_item and items is None:
+            s, l = divmod(g, self.L)
+            gid = self.experts[s][:, l, :].astype(np.int64) + l * self.E
+            its = self.items[s]
+            items = [(int(it), *self._count(gid[its == it])) for it in np.unique(its)]
+            self._cache = (g, (batched, items))
+        return batched, items
 
     def groups(self, g: int, per_item: bool):
         """Groups of layer-step ``g``, as ``TraceRouting.groups``: ``(item, gids, counts)``, gids ascending."""
-        batched, items = self._groups(g)
+        batched, items = self._groups(g, per_item)
         if per_item:
             yield from items
         else:
             yield batched
 
     def unique(self, g: int) -> tuple[np.ndarray, np.ndarray]:
-        _, u, c = self._groups(g)[0]
+        _, u, c = self._groups(g, False)[0]
         return u, c
 
     def step_routing(self, s: int) -> np.ndarray:

@@ -626,8 +626,13 @@ def test_oracle_target_on_known_rows():
                        "latency_ms_per_step": 10.0},
                       {"strategy": "intelligent_dedup", "batch": b, "trace_seed": seed, "workload": wl,
                        "latency_ms_per_step": 10.0 * r}]
+            if seed != 1:  # the exact next-layer bound, missing on one seed: the mean of those it has
+                specs.append({"strategy": "pregated", "batch": b, "trace_seed": seed, "workload": wl,
+                              "latency_ms_per_step": 11.0 + seed})
     t = FL.target_oracle(_rows(specs), "intelligent_dedup")
     f = t.frame.set_index(["split", "batch"])
+    assert f.loc[(FL.DEV, 1), "exact_mean"] == pytest.approx(1.1) and f.loc[(FL.TEST, 8), "exact_mean"] == 1.4
+    assert np.isnan(f.loc[(FL.DEV, 1), "peer_mean"])  # no same-information peer in these rows
     assert f.loc[(FL.DEV, 1), "mean"] == pytest.approx(1.3) and f.loc[(FL.DEV, 1), "max"] == pytest.approx(1.4)
     assert f.loc[(FL.DEV, 1), "met"] == False and f.loc[(FL.DEV, 8), "met"] == True  # noqa: E712
     assert f.loc[(FL.TEST, 1), "met"] and f.loc[(FL.TEST, 1), "workload"].endswith("seed 3")

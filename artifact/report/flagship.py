@@ -435,8 +435,8 @@ def target_oracle(sim: pd.DataFrame | None, flagship: str) -> Table:
            f"({cache} experts) is at most {fmt_x(ORACLE_TARGET)}; the worst ratio over every cache size of the grid "
            "is shown beside it, and so is the fastest strategy with the flagship's information at each point (over "
            "the oracle): where that is above the target too, no strategy of the grid with this information reaches "
-           "it; `pregated`, which knows the next layer's routing exactly (more than any lookahead), bounds what a "
-           "better next-layer predictor could reach.")
+           "it; `pregated` knows the next layer's routing exactly (more than any lookahead) and shows how far that "
+           "knowledge goes with its own eviction and prefetch (not a bound for every use of it).")
     return Table("target_oracle", f"Target 3. Within {ORACLE_TARGET:g}x of the oracle at every batch", cap,
                  pd.DataFrame(rows, columns=cols), pd.DataFrame(text))
 

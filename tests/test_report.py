@@ -716,3 +716,26 @@ def test_peer_tradeoff_and_peer_oracle_ratio_on_known_rows():
     ratio = FL.peer_oracle_ratio(rows, ["on_demand", "pregated_proxy"])
     assert ratio.tolist() == [pytest.approx(8 / 5)]
     assert FL.peer_tradeoff(None, "intelligent_dedup").frame.empty
+
+
+def test_lookahead_sweep_table_on_known_rows():
+    """E9's lookahead-accuracy rows: split from the locality x coupling sweep, then latency over the oracle's per
+    accuracy and batch, the fastest same-information peer named, loads over Belady's."""
+    specs = []
+    for acc, flag in ((0.7, 1.6), (1.0, 1.4)):
+        wl = f"synthetic:{MODEL}:64x16:seed0:lookahead_accuracy={acc:g}"
+        for s, lat, loads in (("oracle", 10.0, 90), ("belady", 15.0, 100), ("intelligent_dedup", 10.0 * flag, 120),
+                              ("pregated_proxy", 17.0, 130), ("mixtral_offloading", 18.0, 125),
+                              ("pregated", 14.0, 110)):
+            specs.append({"strategy": s, "batch": 1, "workload": wl, "latency_ms_per_step": lat, "loads": loads})
+    specs.append({"strategy": "on_demand", "batch": 1, "workload": f"synthetic:{MODEL}:64x16:seed0:locality=0.2:"
+                  "cross_layer=0.5", "latency_ms_per_step": 20.0, "loads": 200})
+    main, la = SE.split_sweeps(_rows(specs))
+    assert set(main["strategy"]) == {"on_demand"} and len(la) == 12
+    t = SE.lookahead_table(la, "intelligent_dedup")
+    f = t.frame.set_index("accuracy")
+    assert f.loc[0.7, "flagship"] == pytest.approx(1.6) and f.loc[1.0, "flagship"] == pytest.approx(1.4)
+    assert f.loc[1.0, "peer_name"] == "pregated_proxy" and f.loc[1.0, "peer"] == pytest.approx(1.7)
+    assert f.loc[1.0, "pregated"] == pytest.approx(1.4) and f.loc[1.0, "belady"] == pytest.approx(1.5)
+    assert f.loc[1.0, "flag_loads"] == pytest.approx(1.2)
+    assert "1.70x (`pregated_proxy`)" in t.markdown()

@@ -8,7 +8,8 @@
   seed 0), fewer steps, three timed repeats after a warm-up; each row carries the simulator's figure beside.
 - ``models`` (E7): the other presets, every strategy, batch 1 / 8 / 64, a cache of 1/8 of their experts. Simulator.
 - ``real`` (E8): every strategy on every vendored real decode trace, batch 1, caches of 5-40% of routed experts.
-- ``sensitivity`` (E9): switch-base-128 with the generator's temporal locality and adjacent-layer coupling swept.
+- ``sensitivity`` (E9): switch-base-128 with the generator's temporal locality and adjacent-layer coupling swept, and
+  its lookahead's accuracy.
 - ``ablation``: the flagship with each component off in turn (and its recency/frequency balance fixed at each
   setting), on the synthetic workload and every real trace.
 - ``cpu_engine``: without CUDA, a small engine check on the CPU (a scaled-down Switch expert shape, the same
@@ -168,6 +169,10 @@ SENSITIVITY_LOCALITY = (0.0, 0.1, 0.2, 0.3, 0.4)
 SENSITIVITY_COUPLING = (0.0, 0.5, 0.85)
 SENSITIVITY_BATCHES = (1, 8, 64)
 SENSITIVITY_STEPS = 64
+# E9 also sweeps the accuracy of the synthetic lookahead (the share of the next layer's true experts it names; the
+# generator's assumption is 0.85) up to an exact one, for the strategies that read it and the bounds: how far a better
+# next-layer predictor would bring each toward the oracle.
+SENSITIVITY_LOOKAHEAD = (0.7, 0.85, 1.0)
 # The ablation: the flagship with each component switched off in turn, the one optional component (the learned
 # co-occurrence forecast, off by default) switched on, and the recency/frequency balance fixed at each setting the
 # shadow caches choose from (variant name -> parameters). The report also takes, at each point, the best variant in
@@ -223,11 +228,14 @@ def real_grid(quick: bool = False) -> Grid:
 
 SENSITIVITY_STRATEGIES = ("on_demand", "pregated_proxy", "mixtral_offloading", "moe_infinity", "lfu", "lfru", "arc",
                           "s3fifo", FLAGSHIP, "belady", "oracle")
+LOOKAHEAD_STRATEGIES = ("pregated_proxy", "mixtral_offloading", "multi_lookahead", FLAGSHIP, "pregated", "belady",
+                        "oracle")
 
 
 def sensitivity_grid(quick: bool = False) -> Grid:
     """E9: switch-base-128's synthetic workload (seed 0, cache 128) with the generator's temporal locality and
-    adjacent-layer coupling swept, batch 1, 8 and 64: which strategy wins where."""
+    adjacent-layer coupling swept, batch 1, 8 and 64: which strategy wins where; and with its lookahead's accuracy
+    swept, for the strategies that read a lookahead and the bounds."""
     pts = []
     locs = SENSITIVITY_LOCALITY[::2] if quick else SENSITIVITY_LOCALITY
     coups = SENSITIVITY_COUPLING[:2] if quick else SENSITIVITY_COUPLING
@@ -239,7 +247,14 @@ def sensitivity_grid(quick: bool = False) -> Grid:
                 for s in SENSITIVITY_STRATEGIES:
                     pts.append(Point("sensitivity", DEFAULT_MODEL, ws, b, DEFAULT_CACHE, "batched", s,
                                      32 if quick else SENSITIVITY_STEPS))
-    return Grid("sensitivity", ("E9",), tuple(pts), "switch-base-128 synthetic, locality x coupling swept")
+    for acc in SENSITIVITY_LOOKAHEAD[-1:] if quick else SENSITIVITY_LOOKAHEAD:
+        ws = WorkloadSpec(DEFAULT_MODEL, None, DEFAULT_SEQUENCES, DEFAULT_TOKENS, 0, (("lookahead_accuracy", acc),))
+        for b in (SENSITIVITY_BATCHES[:1] if quick else SENSITIVITY_BATCHES):
+            for s in LOOKAHEAD_STRATEGIES:
+                pts.append(Point("sensitivity", DEFAULT_MODEL, ws, b, DEFAULT_CACHE, "batched", s,
+                                 32 if quick else SENSITIVITY_STEPS))
+    return Grid("sensitivity", ("E9",), tuple(pts), "switch-base-128 synthetic, locality x coupling and lookahead "
+                "accuracy swept")
 
 
 def ablation_grid(quick: bool = False) -> Grid:

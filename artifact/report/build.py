@@ -119,7 +119,7 @@ python -m artifact grid sim --out results/raw --hardware h200
 python -m artifact grid engine --out results/raw --hardware h200
 python -m artifact grid models --out results/raw --hardware h200
 python -m artifact grid real --out results/raw --hardware h200          # E8: every strategy on the real traces
-python -m artifact grid sensitivity --out results/raw --hardware h200   # E9: locality x coupling sweep
+python -m artifact grid sensitivity --out results/raw --hardware h200   # E9: locality x coupling, lookahead accuracy
 python -m artifact grid ablation --out results/raw --hardware h200      # the flagship, one component off at a time
 python -m artifact.experiments.gpu_checks --out results/raw
 python -m artifact.experiments.e10 --out results/raw                    # E10: real transformers models offloaded

@@ -50,7 +50,7 @@ def summary_extra(raw: Mapping[str, pd.DataFrame], claims: Mapping, flagship: st
     parts = []
     sens = raw.get("sensitivity")
     if sens is not None and not sens.empty:
-        t = S.across_range(raw.get("sim"), sens, claims, flagship)
+        t = S.across_range(raw.get("sim"), S.split_sweeps(sens)[0], claims, flagship)
         parts.append(f"**{t.title}.** Do the verdicts above, and the flagship's targets, hold as the routing's "
                      f"temporal locality and adjacent-layer coupling span the range real models show? {t.caption}"
                      f"\n\n{t.markdown()}\n")
@@ -94,8 +94,10 @@ def e9(sens: pd.DataFrame | None, stats: Mapping | None, flagship: str, fig_dir:
        hardware: Mapping[str, str]) -> str:
     if sens is None or sens.empty:
         return "raw/sensitivity.csv is absent: the sensitivity sweep did not run for these results.\n"
+    sens, la = S.split_sweeps(sens)
     return _join([table_md(S.e9_table(sens, stats, flagship, hardware)),
-                  figure_md(S.fig_e9(sens, stats, flagship, fig_dir, hardware), base)])
+                  figure_md(S.fig_e9(sens, stats, flagship, fig_dir, hardware), base)]
+                 + ([table_md(S.lookahead_table(la, flagship, hardware))] if not la.empty else []))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -43,6 +43,55 @@ def _dark(hex_color: str) -> bool:
     return 0.2126 * r + 0.7152 * g + 0.0722 * b < 0.5
 
 
+LOOKAHEAD = "lookahead_accuracy"
+
+
+def split_sweeps(sens: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the locality x coupling sweep's rows, the lookahead-accuracy sweep's rows) of ``raw/sensitivity.csv``."""
+    la = sens["workload"].map(lambda w: not is_nan(knob(w, LOOKAHEAD)))
+    return sens[~la], sens[la]
+
+
+def lookahead_table(rows: pd.DataFrame, flagship: str, hardware: Mapping[str, str] | None = None) -> Table:
+    """Per lookahead accuracy and batch: latency over the oracle's of the flagship, of its fastest same-information
+    peer, of ``pregated`` (the next layer's exact routing) and of ``belady`` (fewest loads, no prefetch)."""
+    cols = ["accuracy", "batch", "flagship", "peer", "peer_name", "pregated", "belady", "flag_loads"]
+    d = rows[(rows["protocol"] == "batched") & ~rows["refused"]]
+    g = d.groupby(["workload", "batch", "strategy"], sort=True)[["latency_ms_per_step", "loads"]].mean()
+    peers = FL.same_information(flagship)
+    out, text = [], []
+    for (w, b), s in g.groupby(level=["workload", "batch"], sort=True):
+        s = s.droplevel(["workload", "batch"])
+        if "oracle" not in s.index or flagship not in s.index:
+            continue
+        lat = s["latency_ms_per_step"] / s.loc["oracle", "latency_ms_per_step"]
+        pr = lat.reindex([p for p in peers if p in lat.index])
+        pname = str(pr.idxmin()) if len(pr) else ""
+        r = {"accuracy": knob(w, LOOKAHEAD), "batch": int(b), "flagship": float(lat[flagship]),
+             "peer": float(pr.min()) if len(pr) else np.nan, "peer_name": pname,
+             "pregated": float(lat.get("pregated", np.nan)), "belady": float(lat.get("belady", np.nan)),
+             "flag_loads": float(s.loc[flagship, "loads"] / s.loc["belady", "loads"]) if "belady" in s.index
+             else np.nan}
+        out.append(r)
+        text.append({"lookahead accuracy": _g(r["accuracy"]), "batch": str(r["batch"]),
+                     f"`{flagship}` / oracle": fmt_x(r["flagship"]),
+                     "fastest same-information peer / oracle": "n/a" if not pname else f"{fmt_x(r['peer'])} "
+                     f"(`{pname}`)", "`pregated` (exact next layer) / oracle": fmt_x(r["pregated"]),
+                     "`belady` (fewest loads) / oracle": fmt_x(r["belady"]),
+                     f"`{flagship}` loads / `belady` loads": fmt_x(r["flag_loads"])})
+    f = pd.DataFrame(out, columns=cols).sort_values(["accuracy", "batch"], kind="mergesort")
+    t = pd.DataFrame(text).reindex(f.index) if text else pd.DataFrame()
+    cap = (describe(rows, hardware, workload=f"workload synthetic {joined(sorted(set(rows['model'])))} routing with "
+                                             "the accuracy of its lookahead swept (the generator assumes 0.85)")
+           + " Latency per step over the oracle's at the same point: the flagship, the fastest of its same-"
+           "information peers in the sweep (they read the same lookahead), `pregated` (which reads the next layer's "
+           "exact routing whatever the accuracy) and `belady` (the fewest loads, demand fetch only); last column the "
+           "flagship's loads over Belady's MIN. An accuracy of 1 names every expert the next layer will use: what "
+           "remains above the target of 1.3x there is what a one-layer lookahead cannot buy at this cache.")
+    return Table("e9_lookahead", "E9. How far a better next-layer predictor goes: the lookahead's accuracy swept", cap,
+                 f.reset_index(drop=True), t.reset_index(drop=True))
+
+
 def sweep(sens: pd.DataFrame) -> pd.DataFrame:
     """The swept workloads: label, locality, cross_layer (sorted by the two knobs)."""
     labels = sorted(set(sens["workload"]))

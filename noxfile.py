@@ -43,7 +43,7 @@ def bench(session: nox.Session) -> None:
     "Benchmarks and regression tracking": CPU time, thread caps 1, the garbage collector off and ``--geomean-fail``
     come from ``benchmarks/conftest.py``).
     """
-    _install(session, "test")
+    _install(session, "test,record")  # record: transformers, for the live-decode cases
     # Thread caps before anything loads numpy or torch (benchmarks/conftest.py sets the same defaults).
     env = {var: os.environ.get(var, "1") for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     session.run("python", "-m", "pytest", "benchmarks", *session.posargs, env=env)

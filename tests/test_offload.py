@@ -317,6 +317,12 @@ def test_e10_quick_code_path(tmp_path):
     assert (off["replay_counts_match"] == "true").all() and (off["tokens_match_resident"] == "true").all()
     assert off["sim_ms_per_token"].notna().all() and off["decode_tokens_per_s"].notna().all()
     assert (off["bytes_copied"] > 0).sum() == 4 and (d["note"].str.startswith("error") == False).all()  # noqa: E712
+    # two passes (the offload arms' second in reverse order), decode steps pooled, each pass's median kept; the second
+    # pass planned and generated the same
+    timed = d[d["arm"].isin(["resident", "offload"])]
+    assert (timed["runs"] == 2).all() and (timed["decode_tokens"] == 2 * (cfg.new_tokens - 1)).all()
+    assert timed["ms_per_token_runs"].map(lambda v: len(str(v).split(";")) == 2).all()
+    assert not d["note"].fillna("").str.contains("differently|later pass").any()
     mtime = path.stat().st_mtime_ns
     run_e10(tmp_path, cfg)  # resumed: every row is there, nothing runs again
     assert path.stat().st_mtime_ns == mtime

@@ -113,6 +113,28 @@ def phase_figures(step_ms: list, step_tokens: list) -> dict:
     return out
 
 
+def pooled_phase_figures(runs: list[tuple[list, list]]) -> dict:
+    """:func:`phase_figures` over several runs of the same arm (``(step_ms, step_tokens)`` each): prefill the median
+    of the runs' first forward passes, decode from every run's decode steps pooled (tokens and time summed over the
+    runs); ``runs`` and ``ms_per_token_runs`` (each run's median decode step, ``;``-separated) show the spread."""
+    out = phase_figures(*runs[0])
+    if len(runs) < 2:
+        return {**out, "runs": len(runs), "ms_per_token_runs": "" if out["ms_per_token"] is None
+                else f"{out['ms_per_token']:.3f}"}
+    pre = [ms[0] for ms, _ in runs if ms]
+    out["prefill_ms"] = float(statistics.median(pre))
+    out["prefill_tokens_per_s"] = out["prefill_tokens"] / (out["prefill_ms"] / 1e3) if out["prefill_ms"] > 0 else None
+    dec = [m for ms, _ in runs for m in ms[1:]]
+    dtok = [t for _, tok in runs for t in tok[1:]]
+    per = [statistics.median(ms[1:]) for ms, _ in runs if len(ms) > 1]
+    if dec:
+        out["decode_tokens"], out["decode_ms"] = int(sum(dtok)), float(sum(dec))
+        out["decode_tokens_per_s"] = sum(dtok) / (sum(dec) / 1e3)
+        out["ms_per_token"] = float(statistics.median(dec))
+        out["ms_per_token_p90"] = float(np.percentile(dec, 90))
+    return {**out, "runs": len(runs), "ms_per_token_runs": ";".join(f"{m:.3f}" for m in per)}
+
+
 def digest(tokens: torch.Tensor) -> str:
     return hashlib.sha1(json.dumps(tokens.cpu().tolist()).encode()).hexdigest()[:16]
 

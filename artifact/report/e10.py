@@ -20,7 +20,7 @@ from artifact.report.tables import Table, fmt_ms, fmt_pct, fmt_signed_pct, is_na
 
 NUMERIC = ["cache_experts", "cache_fraction", "routed_experts", "batch", "prompt_tokens", "new_tokens_asked",
            "prefill_tokens", "prefill_ms", "prefill_tokens_per_s", "decode_tokens", "decode_ms", "decode_tokens_per_s",
-           "ms_per_token", "ms_per_token_p90", "requests", "unique_requests", "hits", "hit_rate", "loads",
+           "ms_per_token", "ms_per_token_p90", "runs", "requests", "unique_requests", "hits", "hit_rate", "loads",
            "demand_loads", "prefetch_issued", "prefetch_used", "bytes_h2d", "bytes_copied", "bytes_per_forward",
            "sync_us_per_layer", "plan_us_per_layer", "issue_us_per_layer", "d2h_idle_us", "sim_prefill_ms",
            "sim_ms_per_token", "sim_error", "setup_s", "wall_s"]
@@ -98,10 +98,15 @@ def caption(d: pd.DataFrame) -> str:
              f"{ints('batch')}, prompt {ints('prompt_tokens')} tokens (prefill = the first forward pass), greedy "
              f"decoding; offload and resident arms generate {ints('new_tokens_asked', ours)} tokens, accelerate arms "
              f"{ints('new_tokens_asked', acc)}. Hardware: {_hardware(d)}."]
-    parts.append("Decode tok/s = decoded tokens / decode time; ms/token = median decode step. Offload: every routed "
+    runs = ints("runs", ours) if "runs" in d else "1"
+    parts.append("Decode tok/s = decoded tokens / decode time; ms/token = median decode step"
+                 + ("" if runs == "1" else f" over the {runs} runs of each offload and resident arm (the offload "
+                    "arms' second sweep in reverse order, the resident ones back to back), each run's median in "
+                    "brackets") + ". Offload: every routed "
                  "expert in a pinned host slab, the strategy deciding live at every layer; `gpu_only` keeps every "
                  "expert in a device slot (the engine's own overhead). sim: the simulator on the run's own plan "
-                 "replayed from its recorded trace, NON-MoE time per layer fitted to the `gpu_only` run.")
+                 "replayed from its recorded trace, NON-MoE time per layer fitted to the `gpu_only` run"
+                 + ("." if runs == "1" else "'s first run."))
     skipped = d[d["note"].str.startswith(("skipped", "refused", "error"))]
     if not skipped.empty:
         def where(r) -> str:
@@ -126,6 +131,12 @@ def _num(x, f) -> str:
     return "n/a" if is_nan(x) else f(x)
 
 
+def _per_run(runs: str) -> str:
+    """`` (a, b)``: each run's median decode step, where a row pooled several runs."""
+    ms = [float(v) for v in str(runs or "").split(";") if v.strip()]
+    return f" ({', '.join(fmt_ms(v) for v in ms)})" if len(ms) > 1 else ""
+
+
 def e10_table(frame: pd.DataFrame) -> Table:
     """One row per (model, arm, strategy, cache): decode and prefill tokens/s, latency, hits, bytes, simulator."""
     d = _sorted(frame)
@@ -137,7 +148,8 @@ def e10_table(frame: pd.DataFrame) -> Table:
                                     f"{int(r['cache_experts'])} ({fmt_pct(r['cache_fraction'])})")
                                    for _, r in d.iterrows()],
         "decode tok/s": [_num(v, lambda x: f"{x:,.1f}") for v in d["decode_tokens_per_s"]],
-        "ms/token": [_num(v, fmt_ms) for v in d["ms_per_token"]],
+        "ms/token": [_num(r["ms_per_token"], fmt_ms) + _per_run(r.get("ms_per_token_runs", "")) for _, r in
+                     d.iterrows()],
         "prefill tok/s": [_num(v, lambda x: f"{x:,.0f}") for v in d["prefill_tokens_per_s"]],
         "hit rate": [_num(v, fmt_pct) for v in d["hit_rate"]],
         "GB moved (run)": [_num(moved_bytes(r), lambda x: f"{x / 1e9:,.2f}") for _, r in d.iterrows()],

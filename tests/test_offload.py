@@ -151,6 +151,19 @@ def test_strategies_that_need_the_future_are_refused_before_weights_move(strateg
     assert model.model.layers[0].mlp.experts is experts and not hasattr(model, "expert_offload")
 
 
+@pytest.mark.parametrize("name", ["tiny-olmoe", "tiny-qwen3-moe"])
+def test_grouped_ffn_path_on_the_cpu(name):
+    """The grouped path (the one CUDA takes on sm90/sm100) runs on the CPU too: its one packed index upload (GEMM
+    offsets, entries, token rows) gives the resident model's tokens with a cache small enough for misses and waves."""
+    ref, model = _offloaded(name, "intelligent_dedup", 6, ffn="grouped")
+    assert model.expert_offload.executor.ffn == "grouped"
+    ids = _prompts(256)
+    want, _ = _generate(ref, ids)
+    got, _ = _generate(model, ids)
+    assert torch.equal(got, want)
+    assert model.expert_offload.last.counts["loads"] > 0
+
+
 def test_per_item_protocol_replays_too():
     ref, model = _offloaded("tiny-olmoe", "on_demand", 8, protocol="per_item")
     ids = _prompts(256, batch=3, length=4, seed=5)

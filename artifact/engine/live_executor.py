@@ -221,9 +221,9 @@ class LiveExecutor:
         grouped = self.ffn == "grouped"
         perm = np.argsort(slots if grouped else gids, kind="stable")  # loop: ascending expert, the model's order
         counts = (hi - lo)[perm]
+        ends = np.concatenate([[0], np.cumsum(counts)])  # each use's rows: ends[i]:ends[i + 1]
         # The entries of each use, use after use: order[lo[p]:hi[p]] for p in perm, as one gather.
-        starts = np.cumsum(counts) - counts
-        idx = order[np.repeat(lo[perm] - starts, counts) + np.arange(int(counts.sum()))]
+        idx = order[np.repeat(lo[perm] - ends[:-1], counts) + np.arange(int(ends[-1]))]
         chunks = chunk_slots(slots[perm], counts) if grouped else []
         # Every index of this COMPUTE goes up in ONE copy, before the wait on its loads, from pinned memory and
         # without blocking (a pageable upload would make the host wait for the compute stream, i.e. for those loads):
@@ -251,7 +251,6 @@ class LiveExecutor:
                 self.comp_waited = mx
         gate = w.reshape(-1).index_select(0, idx_t).unsqueeze(1)  # [R, 1], the router's dtype (the model's math)
         k = self.kernels
-        ends = np.concatenate([[0], np.cumsum(counts)])
         need = max(int(ends[-1]) if grouped else int(counts.max(initial=0)), 1)
         if need > getattr(k, "capacity", need):
             with torch.inference_mode(False):

@@ -183,7 +183,13 @@ class IntelligentDedup(Recency):
     def _value(self, uses, age, d, w, beta: float) -> np.ndarray:
         """The eviction value; ``d`` None: without the distance term (the same as ``d`` = 1, whose division is
         exact)."""
-        v = (uses if self.frequency else np.ones_like(uses)).astype(np.float64) * w / _pow(age.astype(np.float64), beta)
+        return self._values(uses, age, d, w, (beta,))[0]
+
+    def _values(self, uses, age, d, w, betas) -> np.ndarray:
+        """``[len(betas), n]``: the value under each beta, every element by the same operations."""
+        base = (uses if self.frequency else np.ones_like(uses)).astype(np.float64) * w
+        af = age.astype(np.float64)
+        v = np.stack([base / _pow(af, beta) for beta in betas]) if len(betas) > 1 else (base / _pow(af, betas[0]))[None]
         if self.distance and d is not None:
             v = v / np.sqrt(d.astype(np.float64))
         return v
@@ -274,14 +280,7 @@ class IntelligentDedup(Recency):
             # while they are read (never a victim).
             res[:, uniq] = False
             held = np.nonzero(res.any(axis=0))[0]
-            uses, age, d, w = self._features(held, g)
-            # The values under every beta at once, each element by the operations of _value (the same bits).
-            base = (uses if self.frequency else np.ones_like(uses)).astype(np.float64) * w
-            af = age.astype(np.float64)
-            v = np.stack([base / _pow(af, beta) for beta in _BETAS])
-            if self.distance:
-                v = v / np.sqrt(d.astype(np.float64))
-            keys = self._key(v)
+            keys = self._key(self._values(*self._features(held, g), _BETAS))
             for i in np.nonzero(need > 0)[0].tolist():
                 at = np.nonzero(res[i, held])[0]
                 cand = held[at]

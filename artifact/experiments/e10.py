@@ -206,6 +206,12 @@ def model_config(name: str):
     raise KeyError(f"E10: unknown model {name!r}; models: {', '.join(list(MODELS) + list(QUICK_MODELS))}")
 
 
+def _host_us(rep) -> dict[str, list]:
+    """A live run's host times per layer-step (us), by the row field their median goes to."""
+    return {"sync_us_per_layer": rep.sync_us, "plan_us_per_layer": rep.plan_us,
+            "issue_us_per_layer": [t * 1e6 for t in rep.issued.issue_s]}
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The arms
 # --------------------------------------------------------------------------------------------------------------
@@ -422,23 +428,18 @@ class ModelRun:
                 out = generate(model, self.ids, self.cfg.new_tokens, self.cfg.arm_budget_s)
                 again = session.last
                 same = digest(out[:, self.ids.shape[1]:]) == row["tokens_sha1"]
-                runs = [(rep.step_ms, rep.step_tokens)] + row.setdefault("_runs", [])
-                row["_runs"].append((again.step_ms, again.step_tokens))
-                row.update(pooled_phase_figures(runs + [(again.step_ms, again.step_tokens)]))
-                for k, xs in (("sync_us_per_layer", again.sync_us), ("plan_us_per_layer", again.plan_us),
-                              ("issue_us_per_layer", [t * 1e6 for t in again.issued.issue_s])):
-                    row.setdefault(f"_{k}", list(self._host(rep, k))).extend(xs)
-                    row[k] = statistics.median(row[f"_{k}"])
+                runs = row.setdefault("_runs", [(rep.step_ms, rep.step_tokens)])
+                runs.append((again.step_ms, again.step_tokens))
+                row.update(pooled_phase_figures(runs))
+                host = row.setdefault("_host", _host_us(rep))
+                for k, xs in _host_us(again).items():
+                    host[k] = host[k] + xs
+                    row[k] = statistics.median(host[k])
                 if not same:
                     row["note"] = (row.get("note", "") + "; a later run generated other tokens").lstrip("; ")
             except Exception as exc:  # noqa: BLE001
                 row["note"] = (row.get("note", "") + f"; later pass: {_err(exc)}").lstrip("; ")
             self.rows.put(row)
-
-    @staticmethod
-    def _host(rep, key: str) -> list:
-        return {"sync_us_per_layer": rep.sync_us, "plan_us_per_layer": rep.plan_us,
-                "issue_us_per_layer": [t * 1e6 for t in rep.issued.issue_s]}[key]
 
     def simulate(self, reports: dict, hw) -> None:
         from artifact.runtime.hardware import save_profile

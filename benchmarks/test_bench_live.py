@@ -6,9 +6,10 @@ time exactly that path on a model where nothing else is expensive: a ``qwen3_moe
 shape (48 MoE layers, 128 experts, top-8) and tiny dimensions (hidden 64, expert FFN 32; random weights, built from
 a config, nothing downloaded), offloaded with 614 device slots (10% of the routed experts, as in E10).
 
-Each case is one strategy that can run live; a round is one ``generate`` of ``NEW_TOKENS`` greedy tokens from a fixed
-``PROMPT_TOKENS``-token prompt (one prefill step, then decode steps), after one untimed warm-up round. The model is
-built, offloaded and run twice, once per module, and switched between strategies with ``expert_offload.configure``.
+Each case is one strategy that can run live (``gpu_only`` aside: it needs a slot for every expert); a round is one
+``generate`` of ``NEW_TOKENS`` greedy tokens from a fixed ``PROMPT_TOKENS``-token prompt (one prefill step, then
+decode steps), after one untimed warm-up round. The model is built, offloaded and run twice, once per module, and
+switched between strategies with ``expert_offload.configure``.
 ``extra_info`` carries the run's counts and the medians per layer of the three host figures the run reports (D2H
 sync, decision, issue, in us), so a slower decision shows beside the time. The CPU cases run wherever the suite runs
 (``nox -s bench``); the same cases on CUDA (bf16, the grouped FFN path) skip without it.

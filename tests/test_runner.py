@@ -165,3 +165,20 @@ def test_engine_rows_record_the_engine_mode(tmp_path):
     eager = read_rows(run_grid(Grid("u", ("E5",), pts), tmp_path, HW, jobs=1, device="cpu", progress=False,
                                engine_graph=False))
     assert [r["engine_mode"] for r in eager] == ["eager", "eager"]
+
+
+def test_sensitivity_grid_sweeps_the_lookahead_apart():
+    """E9's lookahead-accuracy points: their own workloads (only the lookahead overridden, so the report can split them
+    from the locality x coupling sweep), the lookahead readers and the bounds, every accuracy x batch; quick mode keeps
+    the exact lookahead at batch 1."""
+    from artifact.experiments import grids
+    from artifact.report.sensitivity import LOOKAHEAD, knob
+
+    for quick in (False, True):
+        pts = [p for p in grids.sensitivity_grid(quick).points if p.workload.overrides[0][0] == "lookahead_accuracy"]
+        accs = grids.SENSITIVITY_LOOKAHEAD[-1:] if quick else grids.SENSITIVITY_LOOKAHEAD
+        batches = grids.SENSITIVITY_BATCHES[:1] if quick else grids.SENSITIVITY_BATCHES
+        assert len(pts) == len(accs) * len(batches) * len(grids.LOOKAHEAD_STRATEGIES)
+        assert {knob(p.workload.label, LOOKAHEAD) for p in pts} == set(accs)
+        assert all(len(p.workload.overrides) == 1 and p.cache_experts == grids.DEFAULT_CACHE for p in pts)
+        assert {p.strategy for p in pts} == set(grids.LOOKAHEAD_STRATEGIES) and "oracle" in grids.LOOKAHEAD_STRATEGIES

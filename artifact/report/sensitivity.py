@@ -86,8 +86,8 @@ def lookahead_table(rows: pd.DataFrame, flagship: str, hardware: Mapping[str, st
            + " Latency per step over the oracle's at the same point: the flagship, the fastest of its same-"
            "information peers in the sweep (they read the same lookahead), `pregated` (which reads the next layer's "
            "exact routing whatever the accuracy) and `belady` (the fewest loads, demand fetch only); last column the "
-           "flagship's loads over Belady's MIN. An accuracy of 1 names every expert the next layer will use: what "
-           "remains above the target of 1.3x there is what a one-layer lookahead cannot buy at this cache.")
+           "flagship's loads over Belady's MIN. An accuracy of 1 names every expert the next layer will use: whatever "
+           "stays above the target of 1.3x there is not the predictor's accuracy, for these strategies.")
     return Table("e9_lookahead", "E9. How far a better next-layer predictor goes: the lookahead's accuracy swept", cap,
                  f.reset_index(drop=True), t.reset_index(drop=True))
 

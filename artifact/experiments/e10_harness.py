@@ -118,10 +118,9 @@ def pooled_phase_figures(runs: list[tuple[list, list]]) -> dict:
     of the runs' first forward passes, decode from every run's decode steps pooled (tokens and time summed over the
     runs); ``runs`` and ``ms_per_token_runs`` (each run's median decode step, ``;``-separated) show the spread."""
     out = phase_figures(*runs[0])
-    if len(runs) < 2:
-        return {**out, "runs": len(runs), "ms_per_token_runs": "" if out["ms_per_token"] is None
-                else f"{out['ms_per_token']:.3f}"}
     pre = [ms[0] for ms, _ in runs if ms]
+    if not pre:
+        return {**out, "runs": len(runs), "ms_per_token_runs": ""}
     out["prefill_ms"] = float(statistics.median(pre))
     out["prefill_tokens_per_s"] = out["prefill_tokens"] / (out["prefill_ms"] / 1e3) if out["prefill_ms"] > 0 else None
     dec = [m for ms, _ in runs for m in ms[1:]]

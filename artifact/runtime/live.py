@@ -72,7 +72,7 @@ class LiveRouting:
         self.seqs: list[np.ndarray] = []  # per step: int32 [T]
         self.phases: list[int] = []  # per step: PREFILL or DECODE
         self.next_g = 0  # the layer-step set_layer expects next
-        self._cache: tuple[int, tuple] | None = None  # (g, groups) of the latest layer-step
+        self._cache: tuple | None = None  # (g, gids [T, K], batched group, per-item groups or None) (latest step)
 
     # --- growing ---------------------------------------------------------------------------------------------
     @property
@@ -144,33 +144,18 @@ class LiveRouting:
                                     f"{g - 1} ran")
         return self.lookaheads[s][:, l, :]
 
-    @staticmethod
-    def _count(gid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``np.unique(gid, return_counts=True)`` by one sort (fewer calls: this runs at every layer of a live run)."""
-        srt = np.sort(gid, axis=None)
-        if srt.shape[0] == 0:
-            return srt, np.zeros(0, np.int64)
-        first = np.empty(srt.shape[0], bool)
-        first[0] = True
-        np.not_equal(srt[1:], srt[:-1], out=first[1:])
-        at = first.nonzero()[0]
-        return srt[at], np.diff(np.append(at, srt.shape[0]))
-
     def _groups(self, g: int, per_item: bool) -> tuple:
         """``((-1, gids, counts), per-item groups or None)`` of layer-step ``g``; the per-item groups are made on
         first request (the batched protocol never asks)."""
         if self._cache is None or self._cache[0] != g:
             s, l = self._visible(g)
             gid = self.experts[s][:, l, :].astype(np.int64) + l * self.E  # [T, K]
-            u, c = self._count(gid)
-            self._cache = (g, ((-1, u, c), None))
-        batched, items = self._cache[1]
+            self._cache = (g, gid, (-1, *np.unique(gid, return_counts=True)), None)
+        _, gid, batched, items = self._cache
         if per_item and items is None:
-            s, l = divmod(g, self.L)
-            gid = self.experts[s][:, l, :].astype(np.int64) + l * self.E
-            its = self.items[s]
-            items = [(int(it), *self._count(gid[its == it])) for it in np.unique(its)]
-            self._cache = (g, (batched, items))
+            its = self.items[g // self.L]
+            items = [(int(it), *np.unique(gid[its == it], return_counts=True)) for it in np.unique(its)]
+            self._cache = self._cache[:3] + (items,)
         return batched, items
 
     def groups(self, g: int, per_item: bool):

@@ -336,6 +336,13 @@ def test_e10_quick_code_path(tmp_path):
     assert (timed["runs"] == 2).all() and (timed["decode_tokens"] == 2 * (cfg.new_tokens - 1)).all()
     assert timed["ms_per_token_runs"].map(lambda v: len(str(v).split(";")) == 2).all()
     assert not d["note"].fillna("").str.contains("differently|later pass").any()
+    # warm-up until two runs in a row agree (at most 4), each run's median kept; the simulator fitted to the faster
+    # gpu_only run, which the row names
+    warm = timed["warmup_ms_per_token"].map(lambda v: [float(x) for x in str(v).split(";")])
+    assert warm.map(lambda ms: 1 <= len(ms) <= 4 and min(ms) > 0).all()
+    assert warm.map(lambda ms: len(ms) == 4 or abs(ms[-1] - ms[-2]) <= 0.05 * min(ms[-2:])).all()
+    cal = off[off["strategy"] == "gpu_only"]["note"].iloc[0]
+    assert cal.startswith("calibration point of the sim_* columns (fitted to its run ") and "of 2, the faster" in cal
     mtime = path.stat().st_mtime_ns
     run_e10(tmp_path, cfg)  # resumed: every row is there, nothing runs again
     assert path.stat().st_mtime_ns == mtime

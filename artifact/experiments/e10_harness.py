@@ -94,6 +94,28 @@ def generate(model, ids: torch.Tensor, new_tokens: int, budget_s: float) -> torc
         return model.generate(ids, **kw)
 
 
+def warm_up(model, ids: torch.Tensor, new_tokens: int, budget_s: float, device: torch.device,
+            tolerance: float = 0.05, max_runs: int = 4) -> list[float]:
+    """Untimed generations of the timed length until the host and device are in a steady state: until two runs in a
+    row have median decode steps within ``tolerance`` of each other, at most ``max_runs`` runs. Returns each run's
+    median decode step (ms). One run was not enough: right after :func:`artifact.engine.offload.offload` pinned the
+    slab, the first arms ran 1.2-1.5x slower for some seconds (E10 at commit fd58447)."""
+    medians: list[float] = []
+    for _ in range(max(max_runs, 1)):
+        timer = StepTimer(model, device)
+        try:
+            generate(model, ids, new_tokens, budget_s)
+        finally:
+            timer.close()
+        dec = timer.ms[1:]
+        if not dec:
+            break
+        medians.append(float(statistics.median(dec)))
+        if len(medians) >= 2 and abs(medians[-1] - medians[-2]) <= tolerance * min(medians[-2:]):
+            break
+    return medians
+
+
 def phase_figures(step_ms: list, step_tokens: list) -> dict:
     """Prefill = the first forward pass, decode = every later one."""
     out = {"prefill_tokens": None, "prefill_ms": None, "prefill_tokens_per_s": None, "decode_tokens": 0,

@@ -106,7 +106,13 @@ def caption(d: pd.DataFrame) -> str:
                  "expert in a pinned host slab, the strategy deciding live at every layer; `gpu_only` keeps every "
                  "expert in a device slot (the engine's own overhead). sim: the simulator on the run's own plan "
                  "replayed from its recorded trace, NON-MoE time per layer fitted to the `gpu_only` run"
-                 + ("." if runs == "1" else "'s first run."))
+                 + ("." if runs == "1" else " with the lower median decode step."))
+    if "warmup_ms_per_token" in d and d["warmup_ms_per_token"].notna().any():
+        parts.append("Before its timed runs, each model's resident model and its offloaded one ran untimed "
+                     "generations of the timed length until two in a row agreed within 5% (at most 4): "
+                     + "; ".join(f"{m} {arm} {_warm(v)} ms/token" for (m, arm), v in
+                                 ours.groupby(["model", "arm"])["warmup_ms_per_token"].first().items()
+                                 if _warm(v)) + ".")
     skipped = d[d["note"].str.startswith(("skipped", "refused", "error"))]
     if not skipped.empty:
         def where(r) -> str:
@@ -129,6 +135,12 @@ def moved_bytes(r) -> float:
 
 def _num(x, f) -> str:
     return "n/a" if is_nan(x) else f(x)
+
+
+def _warm(v) -> str:
+    """``a, b, c``: each warm-up run's median decode step."""
+    ms = [float(x) for x in str(v if not is_nan(v) else "").split(";") if x.strip()]
+    return ", ".join(f"{m:.1f}" for m in ms)
 
 
 def _per_run(runs: str) -> str:

@@ -17,8 +17,9 @@ Qwen3-30B-A3B), in this order, each arm one row of ``DIR/e10.csv``:
 
 Each arm generates greedily from one seeded random prompt (``prompt_tokens``, batch 1): the first forward pass is
 prefill, every later one decodes one token; each forward is timed with the device synchronised at both ends. The
-resident and offload arms run ``passes`` times (2): the resident one back to back, the offload ones as a second sweep in
-reverse order, so that a slow spell of a shared host lands on different arms; a row pools the decode steps of its runs
+resident and offload arms run ``passes`` times (3): the resident one back to back, the offload ones as further sweeps in
+alternating order (reverse, forward), so that a slow spell of a shared host lands on different arms, and one slow run of
+three leaves the pooled median among the other two; a row pools the decode steps of its runs
 and keeps each run's median (``ms_per_token_runs``); a later run must generate the same tokens (its plan may differ by a
 few near-tied experts: bf16 sums in a different order can flip a router's choice without changing a token; a row's
 counts are its first run's). Every model's resident arm, and its offload arms, first run untimed generations of the
@@ -36,7 +37,7 @@ model's, and ``sim_*``: the simulator's times for the run's own plan, replayed f
 replay's counts must equal the live run's: ``replay_counts_match``). The strategies plan with the committed H200 profile
 plus this machine's copy table and the COMPUTE grid of the model's expert shape, measured here
 (``DIR/e10_plan_profile_<model>.json``: the flagship reads those figures); the simulator times with that profile and the
-NON-MoE time per layer fitted to the faster run of ``gpu_only`` (the lower median decode step)
+NON-MoE time per layer fitted to the fastest run of ``gpu_only`` (the lowest median decode step)
 (``DIR/e10_sim_profile_<model>.json``: the model's attention, norms, routers and the engine's per-layer host cost, which
 no kernel table holds). Calibrated on the run without transfers, it predicts every run with them. What it does not
 model: the sync at every MoE layer (the host cannot run ahead of the device, so a slower decision shows up in full; see
@@ -131,7 +132,7 @@ class E10Config:
     seed: int = 0
     budget_s: float = 400.0  # the whole run: the last arm may overrun it by one arm (the device limit is 600 s)
     arm_budget_s: float = 60.0  # one arm's generation
-    passes: int = 2  # resident and offload arms run this often (offload: later passes in reverse order); times pooled
+    passes: int = 3  # resident and offload arms run this often (offload: later passes alternately reversed); pooled
     hardware: str = "h200"
     quick: bool = False
 
@@ -428,16 +429,17 @@ class ModelRun:
             self.rows.put(row)
             _log(f"{self.name}: {strategy} c={cache}: {row.get('decode_tokens_per_s')} tok/s decode, "
                  f"{row.get('prefill_tokens_per_s')} tok/s prefill {row.get('note', '')}")
-        for _ in range(max(cfg.passes, 1) - 1):
-            self.later_pass(session, model, reports)
+        for k in range(max(cfg.passes, 1) - 1):
+            self.later_pass(session, model, reports, reverse=k % 2 == 0)
         self.simulate(reports, hw)
         session.close()
         free(session)
 
-    def later_pass(self, session, model, reports: dict) -> None:
-        """Run every arm of the first pass again, in reverse order (a slow spell of the host then lands on other
-        arms than in the first pass), and pool its times into the arm's row; the tokens must repeat."""
-        for (strategy, cache), (rep, row) in reversed(list(reports.items())):
+    def later_pass(self, session, model, reports: dict, reverse: bool) -> None:
+        """Run every arm of the first pass again, in reverse order or not (a slow spell of the host then lands on
+        other arms than in the pass before), and pool its times into the arm's row; the tokens must repeat."""
+        arms = list(reports.items())
+        for (strategy, cache), (rep, row) in (reversed(arms) if reverse else arms):
             if self.clock.left() < 10:
                 row["note"] = (row.get("note", "") + "; later pass skipped for time").lstrip("; ")
                 continue
@@ -470,7 +472,7 @@ class ModelRun:
         k = min(range(len(runs)), key=lambda i: _decode_median(runs[i]))  # the warmest run: the engine's own cost
         if len(runs) > 1:
             cal[1]["note"] = f"calibration point of the sim_* columns (fitted to its run {k + 1} of {len(runs)}, " \
-                             "the faster)"
+                             f"the {'faster' if len(runs) == 2 else 'fastest'})"
         try:
             prof = fit_nonmoe(hw, runs[k])
             save_profile(prof, self.out_dir / f"e10_sim_profile_{self.name}.json")

@@ -101,12 +101,12 @@ def caption(d: pd.DataFrame) -> str:
     runs = ints("runs", ours) if "runs" in d else "1"
     parts.append("Decode tok/s = decoded tokens / decode time; ms/token = median decode step"
                  + ("" if runs == "1" else f" over the {runs} runs of each offload and resident arm (the offload "
-                    "arms' second sweep in reverse order, the resident ones back to back), each run's median in "
+                    "arms' later sweeps in alternating order, the resident ones back to back), each run's median in "
                     "brackets") + ". Offload: every routed "
                  "expert in a pinned host slab, the strategy deciding live at every layer; `gpu_only` keeps every "
                  "expert in a device slot (the engine's own overhead). sim: the simulator on the run's own plan "
                  "replayed from its recorded trace, NON-MoE time per layer fitted to the `gpu_only` run"
-                 + ("." if runs == "1" else " with the lower median decode step."))
+                 + ("." if runs == "1" else " with the lowest median decode step."))
     if "warmup_ms_per_token" in d and d["warmup_ms_per_token"].notna().any():
         parts.append("Before its timed runs, each model's resident model and its offloaded one ran untimed "
                      "generations of the timed length until two in a row agreed within 5% (at most 4): "

@@ -661,6 +661,31 @@ def test_ablation_table_on_known_rows():
     assert list(t.text["variant"])[:2] == ["full flagship", "`no_frequency`"]  # the order of FL.VARIANTS
 
 
+def test_bar_frontier_on_known_rows():
+    """Ratios over the best peer at each point (the fewest loads of any peer, the fastest peer's latency), sorted from
+    no prefetch to the default bar, and the points where both are within 2%."""
+    from artifact.report import frontier as FR
+
+    peers = [{"strategy": "lfu", "loads": 100.0, "latency_ms_per_step": 12.0},  # fewest loads
+             {"strategy": "pregated_proxy", "loads": 115.0, "latency_ms_per_step": 10.0}]  # fastest
+    sim = _rows([{**p, "batch": 1, "cache_experts": c} for p in peers for c in (64, 128)])
+    var = {"": (115.0, 10.0), "no_prefetch": (101.0, 12.0), "bar_0.9": (101.0, 10.1)}
+    f = _rows([{"strategy": "intelligent_dedup", "variant": v, "batch": 1, "cache_experts": c, "loads": lo,
+                "latency_ms_per_step": ms} for v, (lo, ms) in var.items() for c in (64, 128)])
+    f["point_id"] = [f"{i}|{v}" for i, v in zip(f["point_id"], f["variant"])]
+    t = FR.bar_frontier(f, sim, "intelligent_dedup")
+    assert list(t.text["prefetch"]) == ["no prefetch", "fixed bar 0.9", "break-even bar (the default)"]
+    rows = t.frame.set_index("variant")
+    assert rows.loc["", "loads_mean"] == pytest.approx(1.15) and rows.loc["", "latency_mean"] == pytest.approx(1.0)
+    assert rows.loc["no_prefetch", "latency_worst"] == pytest.approx(1.2)
+    assert list(rows["both_within"]) == [0, 2, 0] and set(rows["points"]) == {2}
+    assert "raw/frontier.csv" in t.caption and FR.bar_frontier(None, sim, "intelligent_dedup").frame.empty
+    line = FR.summary_line(t)
+    assert "batch 1: 2 of 2 (fixed bar 0.9)" in line and "meets target 1 at every point at batch 1" in line
+    t.frame["both_within"] = 0
+    assert "batch 1: 0 of 2;" not in FR.summary_line(t) and "no setting meets" in FR.summary_line(t)
+
+
 def test_across_the_range_uses_the_claims_rules(results):
     raw = L.read_raw(results)
     t = SE.across_range(raw["sim"], raw["sensitivity"], C.load_claims(), "intelligent_dedup")

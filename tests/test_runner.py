@@ -182,3 +182,25 @@ def test_sensitivity_grid_sweeps_the_lookahead_apart():
         assert {knob(p.workload.label, LOOKAHEAD) for p in pts} == set(accs)
         assert all(len(p.workload.overrides) == 1 and p.cache_experts == grids.DEFAULT_CACHE for p in pts)
         assert {p.strategy for p in pts} == set(grids.LOOKAHEAD_STRATEGIES) and "oracle" in grids.LOOKAHEAD_STRATEGIES
+
+
+def test_frontier_grid_sweeps_the_bar_on_the_sim_grids_points():
+    """Target 1's bar sweep: every development seed, cache and small batch of the sim grid, the flagship's variants
+    (the default, no prefetch, each fixed bar, never a sure bar below 0.95); its default points are the sim grid's
+    own flagship points (the same workload, cache, batch and steps), so its rows sit beside the peers' there."""
+    from artifact.experiments import grids
+
+    g = grids.frontier_grid()
+    assert len(g.points) == len(grids.SEEDS) * len(grids.CACHES) * len(grids.FRONTIER_BATCHES) * len(grids.FRONTIER)
+    assert {p.strategy for p in g.points} == {grids.FLAGSHIP} and {p.protocol for p in g.points} == {"batched"}
+    for p in g.points:
+        prm = dict(p.params)
+        if p.variant.startswith("bar_"):
+            assert prm["break_even"] is False and prm["min_probability"] == float(p.variant[4:])
+            assert prm["sure_probability"] == max(prm["min_probability"], 0.95)
+    sim = {(p.workload, p.batch, p.cache_experts, p.steps) for p in grids.sim_grid().points
+           if p.strategy == grids.FLAGSHIP and p.protocol == "batched"}
+    default = {(p.workload, p.batch, p.cache_experts, p.steps) for p in g.points if p.variant == ""}
+    assert default <= sim and len(default) == len(grids.SEEDS) * len(grids.CACHES) * len(grids.FRONTIER_BATCHES)
+    quick = grids.frontier_grid(quick=True)
+    assert len(quick.points) == len(grids.FRONTIER) and {p.batch for p in quick.points} == {1}

@@ -12,6 +12,9 @@
   its lookahead's accuracy.
 - ``ablation``: the flagship with each component off in turn (and its recency/frequency balance fixed at each
   setting), on the synthetic workload and every real trace.
+- ``frontier``: target 1 at small batch on the development split: the flagship's prefetch bar swept (fixed bars from
+  0.5 to 0.99, no prefetch, and the default break-even bar) at batch 1, 2 and 4, every cache and development seed of
+  ``sim``, so that its loads and latency sit beside the peers' rows of ``sim`` at the same points.
 - ``cpu_engine``: without CUDA, a small engine check on the CPU (a scaled-down Switch expert shape, the same
   routing), so a CPU-only reproduction still executes real plans; each row carries the simulator's decision counts
   for the same configuration beside the engine's.
@@ -192,6 +195,16 @@ ABLATION = {
     "beta_2": (("adaptive", False), ("beta", 2.0)),
 }
 FLAGSHIP = "intelligent_dedup"
+# Target 1 asks for loads and latency both within 2% of the best peer at every point; at small batch the peers that
+# prefetch are fastest and the ones that wait need the fewest loads. The frontier grid sweeps the flagship's prefetch
+# bar (the fixed bars, ``break_even=False``: ``min_probability`` inside the copy window, ``sure_probability`` past
+# it, never below 0.95) between those two corners, on the development split only (it decides nothing: it shows
+# whether any setting of this one knob reaches both).
+FRONTIER_BARS = (0.5, 0.7, 0.85, 0.9, 0.95, 0.99)
+FRONTIER_BATCHES = (1, 2, 4)
+FRONTIER = {"": (), "no_prefetch": (("prefetch", False),),
+            **{f"bar_{p:g}": (("break_even", False), ("min_probability", p), ("sure_probability", max(p, 0.95)))
+               for p in FRONTIER_BARS}}
 
 
 def real_traces() -> list[tuple[str, str, int]]:
@@ -277,5 +290,21 @@ def ablation_grid(quick: bool = False) -> Grid:
     return Grid("ablation", ("ablation",), tuple(pts), "the flagship with one component off, every workload")
 
 
+def frontier_grid(quick: bool = False) -> Grid:
+    """The flagship's prefetch bar swept at batch 1, 2 and 4 on the development seeds of ``sim``, at its caches and
+    steps (``FRONTIER``)."""
+    pts = []
+    for seed in SEEDS[:1] if quick else SEEDS:
+        ws = WorkloadSpec(DEFAULT_MODEL, None, DEFAULT_SEQUENCES, DEFAULT_TOKENS, seed)
+        for cache in (DEFAULT_CACHE,) if quick else CACHES:
+            for b in FRONTIER_BATCHES[:1] if quick else FRONTIER_BATCHES:
+                for v, params in FRONTIER.items():
+                    pts.append(Point("frontier", DEFAULT_MODEL, ws, b, cache, "batched", FLAGSHIP,
+                                     64 if quick else SIM_STEPS, variant=v, params=params))
+    return Grid("frontier", ("flagship target 1",), tuple(pts),
+                "the flagship's prefetch bar swept, switch-base-128 development seeds, batch 1-4")
+
+
 GRIDS = {"sim": sim_grid, "engine": engine_grid, "models": models_grid, "cpu_engine": cpu_engine_grid,
-         "real": real_grid, "sensitivity": sensitivity_grid, "ablation": ablation_grid}
+         "real": real_grid, "sensitivity": sensitivity_grid, "ablation": ablation_grid,
+         "frontier": frontier_grid}

@@ -69,7 +69,7 @@ def _what_was_run(raw: Mapping[str, pd.DataFrame], profiles, gpu_checks, timelin
              "|" + " --- |" * 17]
     exp = {"sim": "E1-E4, E6; flagship targets", "engine": "E5", "cpu_engine": "E5 (CPU check)",
            "models": "E7; flagship target 1", "real": "E8; flagship targets", "sensitivity": "E9",
-           "ablation": "flagship ablation"}
+           "ablation": "flagship ablation", "frontier": "flagship target 1: prefetch bar swept"}
     for name, df in raw.items():
         lines.append("| " + " | ".join([
             f"raw/{name}.csv", exp.get(name, ""), str(len(df)), _unique(df, "executor"), _unique(df, "repeats"),
@@ -121,6 +121,7 @@ python -m artifact grid models --out results/raw --hardware h200
 python -m artifact grid real --out results/raw --hardware h200          # E8: every strategy on the real traces
 python -m artifact grid sensitivity --out results/raw --hardware h200   # E9: locality x coupling, lookahead accuracy
 python -m artifact grid ablation --out results/raw --hardware h200      # the flagship, one component off at a time
+python -m artifact grid frontier --out results/raw --hardware h200      # target 1: the flagship's prefetch bar swept
 python -m artifact.experiments.gpu_checks --out results/raw
 python -m artifact.experiments.e10 --out results/raw                    # E10: real transformers models offloaded
 # on any machine: the routing statistics of the real traces, the synthetic presets and the E9 sweep

@@ -13,6 +13,7 @@ import pandas as pd
 
 from artifact.report import e10 as E10
 from artifact.report import flagship as FL
+from artifact.report import frontier as FR
 from artifact.report import real as R
 from artifact.report import sensitivity as S
 from artifact.report.figures import Plot
@@ -63,6 +64,9 @@ def summary_extra(raw: Mapping[str, pd.DataFrame], claims: Mapping, flagship: st
     para = FL.summary(t1, t2, t3, flagship)
     if para:
         parts.append(para)
+    bar = FR.summary_line(FR.bar_frontier(raw.get("frontier"), raw.get("sim"), flagship))
+    if bar and para:
+        parts[-1] = parts[-1].rstrip("\n") + "\n" + bar + "\n"
     parts.append("**Split.** " + FL.SPLIT_TEXT + "\n")
     return _join(parts)
 
@@ -111,6 +115,7 @@ def flagship_targets(raw: Mapping[str, pd.DataFrame], flagship: str) -> str:
     if wls:
         parts.append("Workloads: " + "; ".join(f"{w.name} ({w.split})" for w in wls) + ".\n")
     parts += [table_md(FL.target_same_information(wls, flagship)), table_md(FL.peer_tradeoff(raw.get("sim"), flagship)),
+              table_md(FR.bar_frontier(raw.get("frontier"), raw.get("sim"), flagship)),
               table_md(FL.target_gap(wls, flagship, raw.get("ablation")))
               if any(w.key.startswith("real:") for w in wls) else "**Target 2.** raw/real.csv is absent: no real "
               "trace to close the gap on.\n", table_md(FL.target_oracle(raw.get("sim"), flagship))]

@@ -10,7 +10,7 @@ import sys
 from artifact import __version__
 
 # The grids `grid` can run (artifact.experiments.grids.GRIDS; listed here so --help needs no import).
-GRID_NAMES = ("sim", "engine", "models", "cpu_engine", "real", "sensitivity", "ablation", "frontier")
+GRID_NAMES = ("sim", "engine", "models", "cpu_engine", "real", "sensitivity", "ablation", "frontier", "horizon")
 
 
 def _fmt(p: argparse.ArgumentParser) -> None:

@@ -3,8 +3,8 @@
 With a CUDA GPU: calibrate the machine (``hardware/<gpu>.json``), run the GPU checks (``raw/gpu_checks.json``), execute
 the E5 grid on the engine (``raw/engine.csv``), simulate the E1-E4/E6 grid (``raw/sim.csv``), E7 (``raw/models.csv``),
 E8 (``raw/real.csv``), E9 (``raw/sensitivity.csv``) and the flagship's ablation (``raw/ablation.csv``) and its prefetch
-bar swept (``raw/frontier.csv``) on the calibrated profile, measure the routing statistics (``raw/routing_stats.json``),
-and build ``REPORT.md`` with its figures.
+bar swept (``raw/frontier.csv``), Belady's MIN with a horizon (``raw/horizon.csv``) on the calibrated profile, measure
+the routing statistics (``raw/routing_stats.json``), and build ``REPORT.md`` with its figures.
 
 Without CUDA: the simulator grids on the committed calibrated profile (``results/hardware/h200.json``), a small
 engine check on the CPU (``raw/cpu_engine.csv``), and the report,
@@ -81,6 +81,8 @@ def reproduce(out: str | Path = "out/reproduce", quick: bool = False, device: st
     run_grid(grids.ablation_grid(quick), raw, profile, jobs=jobs)
     _stage("target 1 at small batch: the flagship's prefetch bar swept", t0)
     run_grid(grids.frontier_grid(quick), raw, profile, jobs=jobs)
+    _stage("target 2 in context: Belady's MIN with a horizon on the real traces", t0)
+    run_grid(grids.horizon_grid(quick), raw, profile, jobs=jobs)
     if not (raw / "routing_stats.json").is_file():
         _stage("routing statistics: real traces against the synthetic presets", t0)
         from artifact.experiments.routing import write as write_routing

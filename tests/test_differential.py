@@ -295,6 +295,36 @@ def test_aged_min(window, seed):
     assert hits == ref_aged_min(gids, 5, window)
 
 
+def ref_horizon_min(reqs, C, horizon):
+    """MIN seeing ``horizon`` requests ahead: an expert whose next use is further counts as unknown; the unknown ones
+    go first, least recently read first, then the known ones, furthest next use first."""
+    cache, last, hits = set(), {}, []
+    for t, r in enumerate(reqs):
+        hits.append(r in cache)
+        if r not in cache:
+            if len(cache) >= C:
+                unknown = [x for x in cache if _next_use(reqs, t, x) - t > horizon]
+                cache.remove(min(unknown, key=lambda x: last[x]) if unknown else
+                             max(cache, key=lambda x: _next_use(reqs, t, x)))
+            cache.add(r)
+        last[r] = t
+    return hits
+
+
+@pytest.mark.parametrize("horizon", [1, 2, 5])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_belady_with_a_horizon(horizon, seed):
+    """``belady`` with ``horizon=H`` decode steps against the one-request reference (one request per layer-step: no
+    ties); a horizon past the trace's end is MIN itself."""
+    gids, w = _sequence(seed)
+    _, hits = _hits(_info(Belady, sees="future", horizon=horizon), w, 5)
+    assert hits == ref_horizon_min(gids, 5, horizon * LAYERS)
+    _, full = _hits(_info(Belady, sees="future", horizon=len(gids)), w, 5)
+    assert full == ref_belady(gids, 5) == _hits(_info(Belady, sees="future"), w, 5)[1]
+    with pytest.raises(ValueError, match="horizon"):
+        _hits(_info(Belady, sees="future", horizon=0), w, 5)
+
+
 # --- groups with several misses -----------------------------------------------------------------------------------
 
 

@@ -686,6 +686,26 @@ def test_bar_frontier_on_known_rows():
     assert "batch 1: 0 of 2;" not in FR.summary_line(t) and "no setting meets" in FR.summary_line(t)
 
 
+def test_horizon_table_on_known_rows():
+    """MIN with a horizon beside the flagship, both as target 2 computes the gap: per cache, the mean over caches."""
+    from artifact.report import horizon as HZ
+
+    wl = "trace:vendored:qwen3-30b-a3b"
+    real = _rows([{"strategy": s, "workload": wl, "batch": 1, "cache_experts": c, "loads": lo}
+                  for c in (100, 200) for s, lo in (("on_demand", 200.0), ("belady", 100.0),
+                                                    ("intelligent_dedup", 170.0))])
+    hz = _rows([{"strategy": "belady", "variant": f"horizon_{h}", "workload": wl, "batch": 1, "cache_experts": c,
+                 "loads": lo} for c in (100, 200) for h, lo in ((1, 180.0), (2, 150.0), (4, 120.0))])
+    hz["point_id"] = [f"{i}|{v}" for i, v in zip(hz["point_id"], hz["variant"])]
+    t = HZ.horizon_table(hz, real, "intelligent_dedup")
+    r = t.frame.iloc[0]
+    assert r["flagship"] == pytest.approx(0.3) and r["h1"] == pytest.approx(0.2) and r["h4"] == pytest.approx(0.8)
+    assert r["enough"] == 2 and t.text.iloc[0]["shortest horizon swept closing 33.3%"] == "2 steps"
+    line = HZ.summary_line(t, "intelligent_dedup")
+    assert "closes 20.0% of the gap" in line and "at least as much on 1 of 1 traces" in line
+    assert HZ.horizon_table(None, real, "intelligent_dedup").frame.empty
+
+
 def test_across_the_range_uses_the_claims_rules(results):
     raw = L.read_raw(results)
     t = SE.across_range(raw["sim"], raw["sensitivity"], C.load_claims(), "intelligent_dedup")

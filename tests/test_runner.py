@@ -204,3 +204,14 @@ def test_frontier_grid_sweeps_the_bar_on_the_sim_grids_points():
     assert default <= sim and len(default) == len(grids.SEEDS) * len(grids.CACHES) * len(grids.FRONTIER_BATCHES)
     quick = grids.frontier_grid(quick=True)
     assert len(quick.points) == len(grids.FRONTIER) and {p.batch for p in quick.points} == {1}
+
+
+def test_horizon_grid_is_belady_with_each_horizon_at_the_real_grids_points():
+    from artifact.experiments import grids
+
+    g = grids.horizon_grid()
+    real = {(p.workload, p.cache_experts, p.steps) for p in grids.real_grid().points if p.strategy == "belady"}
+    assert {(p.workload, p.cache_experts, p.steps) for p in g.points} == real
+    assert len(g.points) == len(real) * len(grids.HORIZONS) and {p.strategy for p in g.points} == {"belady"}
+    assert {p.variant for p in g.points} == {f"horizon_{h}" for h in grids.HORIZONS}
+    assert all(dict(p.params)["horizon"] == int(p.variant.split("_")[1]) for p in g.points)

@@ -2,7 +2,10 @@
 
 - :class:`Belady` (registered as ``belady``): demand fetch, evict the expert whose next use is furthest in the
   future (Belady 1966). The next use of an expert read at layer-step ``g`` comes from the request table; a
-  prefetched expert's next use is the layer-step it was fetched for.
+  prefetched expert's next use is the layer-step it was fetched for. With ``horizon=H`` it sees only the next ``H``
+  decode steps (``H * L`` layer-steps): an expert whose next use lies beyond them counts as unknown, and the unknown
+  ones go first, least recently read first (LRU), then the known ones, furthest first: how much of MIN's advantage
+  needs how much of the future (the report's target-2 analysis).
 - :class:`AgedMIN` (``aged_min_{w}``): MIN among the experts not read in the last ``w`` layer-steps, falling back to
   all of them: a few more loads than MIN, but once hoisted, its copies never wait for a compute that has just run.
 - :class:`PartitionedMIN` (``partitioned_min``): MIN within a fixed per-layer share of the slots: a slot of layer
@@ -29,8 +32,11 @@ CONSTRUCTIONS: dict = {}  # the oracle's MIN constructions (not strategies of th
 @register("belady", "offline optimal eviction, demand fetch: fewest loads", "Belady 1966 (MIN)", "none",
           "Belady MIN", sees="future", role="bound", order=900, table=BOUNDS)
 class Belady(Strategy):
-    def __init__(self, ctx) -> None:
+    def __init__(self, ctx, horizon: int | None = None) -> None:
         super().__init__(ctx)
+        if horizon is not None and (int(horizon) != horizon or horizon < 1):
+            raise ValueError(f"belady: horizon must be a whole number of decode steps >= 1, got {horizon!r}")
+        self.horizon = None if horizon is None else int(horizon) * ctx.L  # in layer-steps
         self.key = np.zeros(ctx.C, np.int64)  # -(next use)
         req = ctx.requests()
         b = req.batched
@@ -45,7 +51,11 @@ class Belady(Strategy):
         return self._next[idx]
 
     def evict(self, cand, n, g, incoming=None):
-        return smallest(self.key, cand, n)
+        if self.horizon is None:
+            return smallest(self.key, cand, n)
+        key = self.key[cand]  # -(next use)
+        unknown = -key - g > self.horizon
+        return smallest_of(np.where(unknown, self.ctx.cache.last_read[cand] - NEVER, key), cand, n)
 
     def on_fill(self, slots, gids, g, targets=None):
         if targets is None:  # demand load: on_use follows at once and sets the key

@@ -15,6 +15,8 @@
 - ``frontier``: target 1 at small batch on the development split: the flagship's prefetch bar swept (fixed bars from
   0.5 to 0.99, no prefetch, and the default break-even bar) at batch 1, 2 and 4, every cache and development seed of
   ``sim``, so that its loads and latency sit beside the peers' rows of ``sim`` at the same points.
+- ``horizon``: target 2 in context: Belady's MIN seeing only the next 1, 2, 4, 8 or 16 decode steps, on every
+  vendored real trace at the caches of ``real`` (hindsight bounds, not policies).
 - ``cpu_engine``: without CUDA, a small engine check on the CPU (a scaled-down Switch expert shape, the same
   routing), so a CPU-only reproduction still executes real plans; each row carries the simulator's decision counts
   for the same configuration beside the engine's.
@@ -305,6 +307,26 @@ def frontier_grid(quick: bool = False) -> Grid:
                 "the flagship's prefetch bar swept, switch-base-128 development seeds, batch 1-4")
 
 
+# How much of the future MIN's advantage needs: Belady's MIN limited to a horizon of so many decode steps (beyond it,
+# LRU), on the real traces.
+HORIZONS = (1, 2, 4, 8, 16)
+
+
+def horizon_grid(quick: bool = False) -> Grid:
+    """``belady`` with each horizon of ``HORIZONS`` (decode steps) on every vendored real trace, batch 1, at the
+    caches and steps of ``real`` (whose rows hold ``on_demand`` and the full ``belady`` beside them)."""
+    pts = []
+    for trace, model, tokens in real_traces():
+        ws = WorkloadSpec(model, trace)
+        caches = _real_caches(model, PRESETS[model].moe_layers)
+        for cache in (caches[1:2] if quick else caches):
+            for h in HORIZONS[:2] if quick else HORIZONS:
+                pts.append(Point("horizon", model, ws, 1, cache, "batched", "belady",
+                                 min(tokens, 32) if quick else tokens, variant=f"horizon_{h}",
+                                 params=(("horizon", h),)))
+    return Grid("horizon", ("flagship target 2",), tuple(pts), "Belady's MIN with a horizon, vendored real traces")
+
+
 GRIDS = {"sim": sim_grid, "engine": engine_grid, "models": models_grid, "cpu_engine": cpu_engine_grid,
          "real": real_grid, "sensitivity": sensitivity_grid, "ablation": ablation_grid,
-         "frontier": frontier_grid}
+         "frontier": frontier_grid, "horizon": horizon_grid}

@@ -317,7 +317,8 @@ def _run_task(points: list[Point], hw: HardwareProfile, env: dict, execute) -> t
             row["note"] = f"{REFUSED}{exc}"
             rows.append(row)
             continue
-        plans[p.strategy] = plan
+        if not p.variant:  # the oracle reuses belady's own plan, never a variant's
+            plans[p.strategy] = plan
         metrics.pop("hardware", None)
         row.update(metrics)
         row["layers"] = w.layers

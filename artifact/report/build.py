@@ -69,7 +69,8 @@ def _what_was_run(raw: Mapping[str, pd.DataFrame], profiles, gpu_checks, timelin
              "|" + " --- |" * 17]
     exp = {"sim": "E1-E4, E6; flagship targets", "engine": "E5", "cpu_engine": "E5 (CPU check)",
            "models": "E7; flagship target 1", "real": "E8; flagship targets", "sensitivity": "E9",
-           "ablation": "flagship ablation", "frontier": "flagship target 1: prefetch bar swept"}
+           "ablation": "flagship ablation", "frontier": "flagship target 1: prefetch bar swept",
+           "horizon": "flagship target 2: MIN with a horizon"}
     for name, df in raw.items():
         lines.append("| " + " | ".join([
             f"raw/{name}.csv", exp.get(name, ""), str(len(df)), _unique(df, "executor"), _unique(df, "repeats"),
@@ -122,6 +123,7 @@ python -m artifact grid real --out results/raw --hardware h200          # E8: ev
 python -m artifact grid sensitivity --out results/raw --hardware h200   # E9: locality x coupling, lookahead accuracy
 python -m artifact grid ablation --out results/raw --hardware h200      # the flagship, one component off at a time
 python -m artifact grid frontier --out results/raw --hardware h200      # target 1: the flagship's prefetch bar swept
+python -m artifact grid horizon --out results/raw --hardware h200       # target 2: Belady's MIN with a horizon
 python -m artifact.experiments.gpu_checks --out results/raw
 python -m artifact.experiments.e10 --out results/raw                    # E10: real transformers models offloaded
 # on any machine: the routing statistics of the real traces, the synthetic presets and the E9 sweep

@@ -1,7 +1,7 @@
 """Reading the results folder: the grids' CSV files, typed; the hardware profiles they name; the GPU checks; the
 step timelines the runner saved. Nothing here computes a result: it reads and types.
 
-- ``raw/{sim,engine,cpu_engine,models,real,sensitivity,ablation,frontier}.csv``: one row per run (schema:
+- ``raw/{sim,engine,cpu_engine,models,real,sensitivity,ablation,frontier,horizon}.csv``: one row per run (schema:
   ``artifact/experiments/schema.py``), read as text and typed once by :func:`prepare`. A refusal row (a
   configuration that cannot run) has empty numeric cells, typed as NaN, and a ``note`` starting with
   :data:`REFUSED`.
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-RAW_FILES = ("sim", "engine", "cpu_engine", "models", "real", "sensitivity", "ablation", "frontier")
+RAW_FILES = ("sim", "engine", "cpu_engine", "models", "real", "sensitivity", "ablation", "frontier", "horizon")
 TIMELINES_FILE = "timelines.json"
 ROUTING_STATS_FILE = "routing_stats.json"
 E10_FILE = "e10.csv"

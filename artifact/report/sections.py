@@ -14,6 +14,7 @@ import pandas as pd
 from artifact.report import e10 as E10
 from artifact.report import flagship as FL
 from artifact.report import frontier as FR
+from artifact.report import horizon as HZ
 from artifact.report import real as R
 from artifact.report import sensitivity as S
 from artifact.report.figures import Plot
@@ -65,8 +66,10 @@ def summary_extra(raw: Mapping[str, pd.DataFrame], claims: Mapping, flagship: st
     if para:
         parts.append(para)
     bar = FR.summary_line(FR.bar_frontier(raw.get("frontier"), raw.get("sim"), flagship))
-    if bar and para:
-        parts[-1] = parts[-1].rstrip("\n") + "\n" + bar + "\n"
+    hz = HZ.summary_line(HZ.horizon_table(raw.get("horizon"), raw.get("real"), flagship), flagship)
+    for line in (bar, hz):
+        if line and para:
+            parts[-1] = parts[-1].rstrip("\n") + "\n" + line + "\n"
     parts.append("**Split.** " + FL.SPLIT_TEXT + "\n")
     return _join(parts)
 
@@ -118,7 +121,9 @@ def flagship_targets(raw: Mapping[str, pd.DataFrame], flagship: str) -> str:
               table_md(FR.bar_frontier(raw.get("frontier"), raw.get("sim"), flagship)),
               table_md(FL.target_gap(wls, flagship, raw.get("ablation")))
               if any(w.key.startswith("real:") for w in wls) else "**Target 2.** raw/real.csv is absent: no real "
-              "trace to close the gap on.\n", table_md(FL.target_oracle(raw.get("sim"), flagship))]
+              "trace to close the gap on.\n",
+              table_md(HZ.horizon_table(raw.get("horizon"), raw.get("real"), flagship)),
+              table_md(FL.target_oracle(raw.get("sim"), flagship))]
     abl = raw.get("ablation")
     if abl is not None and not abl.empty:
         parts.append(table_md(FL.ablation_table(abl)))

@@ -16,7 +16,7 @@
   0.5 to 0.99, no prefetch, and the default break-even bar) at batch 1, 2 and 4, every cache and development seed of
   ``sim``, so that its loads and latency sit beside the peers' rows of ``sim`` at the same points.
 - ``horizon``: target 2 in context: Belady's MIN seeing only the next 1, 2, 4, 8 or 16 decode steps, on every
-  vendored real trace at the caches of ``real`` (hindsight bounds, not policies).
+  vendored real trace at the caches of ``real`` (references in hindsight, not policies).
 - ``cpu_engine``: without CUDA, a small engine check on the CPU (a scaled-down Switch expert shape, the same
   routing), so a CPU-only reproduction still executes real plans; each row carries the simulator's decision counts
   for the same configuration beside the engine's.

@@ -68,9 +68,9 @@ def bar_frontier(frontier: pd.DataFrame | None, sim: pd.DataFrame | None, flagsh
            "probability the next layer's expert must clear, inside the copy window; past it at least 0.95); and the "
            "default break-even bar. Each ratio at a grid point is over the best same-information peer there "
            "(raw/sim.csv, the same point): the fewest loads of any peer, and the fastest peer's latency. Target 1 "
-           f"needs both within {MARGIN:.0%} at every point. The bar is the one knob that trades the two: every "
-           "setting between the corners gives up one to gain the other, so no setting reaches both where the peers' "
-           "corners are far apart. Latency on the hardware profile "
+           f"needs both within {MARGIN:.0%} at every point. The bar trades the two: each setting swept gives up one "
+           "to gain the other; the last column counts the points where one setting reaches both. Latency on the "
+           "hardware profile "
            f"`{joined(sorted(set(d['hardware']))) if not d.empty else '-'}`.")
     return Table("bar_frontier", title, cap, pd.DataFrame(rows, columns=cols), pd.DataFrame(text))
 

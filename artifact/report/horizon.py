@@ -4,8 +4,8 @@
 ``raw/horizon.csv`` holds ``belady`` seeing only the next ``H`` decode steps (variant ``horizon_H``) on every real trace
 at the caches of ``raw/real.csv``; each one's share of the ``on_demand`` -> ``belady`` gap closed is computed as
 target 2's is (:func:`artifact.report.flagship.gap_closed`: per cache, then the mean over the caches with a gap), and
-set beside the flagship's. These are hindsight bounds, not policies: they say what a given amount of exact knowledge
-of the future buys.
+set beside the flagship's. These are references in hindsight, neither policies nor bounds on them: they say what a
+given amount of exact knowledge of the future buys.
 """
 
 from __future__ import annotations
@@ -53,8 +53,9 @@ def horizon_table(horizon: pd.DataFrame | None, real: pd.DataFrame | None, flags
            "ones are evicted first, least recently read first, then the known ones, furthest first). Each cell: "
            "the share of the gap between `on_demand` and the full `belady` closed in loads, as target 2 computes it "
            "(per cache, batch 1, then the mean over the caches with a gap), beside the flagship's, which sees only "
-           f"the past. Horizons {joined(hs)} decode steps; these are bounds in hindsight, not policies: they say how "
-           "much exact knowledge of the future a given share of the gap takes.")
+           f"the past. Horizons {joined(hs)} decode steps. These are references in hindsight, neither policies nor "
+           "bounds on them (a policy that learns from the past can beat a short horizon): they say what a given "
+           "amount of exact knowledge of the future buys.")
     return Table("horizon", title, cap, pd.DataFrame(rows), pd.DataFrame(text))
 
 
@@ -67,7 +68,7 @@ def summary_line(t: Table, flagship: str) -> str:
     beats = [r["workload"] for _, r in f.iterrows() if not is_nan(r["h1"]) and r["flagship"] >= r["h1"]]
     parts = [f"{r['workload']} {'-' if r['enough'] is None or is_nan(r['enough']) else int(r['enough'])}"
              for _, r in f.iterrows()]
-    return (f"- **Target 2 in context** (hindsight bounds): Belady's MIN that sees exactly the next decode step "
+    return (f"- **Target 2 in context** (references in hindsight): Belady's MIN that sees exactly the next decode step "
             f"closes {joined(fmt_pct(v) for v in f['h1'])} of the gap ({joined(f['workload'])}); `{flagship}`, from "
             f"the past alone, closes at least as much on {len(beats)} of {len(f)} traces"
             + (f" ({joined(beats)})" if beats else "")

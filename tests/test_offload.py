@@ -348,6 +348,9 @@ def test_e10_quick_code_path(tmp_path):
     assert path.stat().st_mtime_ns == mtime
     t = e10_table(d)
     assert len(t.text) == len(d) and "tok/s" in t.markdown()
+    host = t.text["host us per layer: sync, decision, issue"]
+    offloaded = list(d["arm"] == "offload")
+    assert (host[offloaded].str.count(",") == 2).all() and (host[[not o for o in offloaded]] == "n/a").all()
     plot = fig_e10(d, tmp_path / "fig")
     assert plot.png.is_file() and "decode" in plot.caption
 

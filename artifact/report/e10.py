@@ -107,6 +107,10 @@ def caption(d: pd.DataFrame) -> str:
                  "expert in a device slot (the engine's own overhead). sim: the simulator on the run's own plan "
                  "replayed from its recorded trace, NON-MoE time per layer fitted to the `gpu_only` run"
                  + ("." if runs == "1" else " with the lowest median decode step."))
+    parts.append("Host us per layer (offload rows): the medians per MoE layer of the sync that reads the routing to "
+                 "the host (it waits for the device work queued before it), the strategy's decision, and the issue "
+                 "of the copies and kernels; at batch 1 the host is the bottleneck, so these show where a strategy's "
+                 "time goes beyond the simulator's, which does not model them.")
     if "warmup_ms_per_token" in d and d["warmup_ms_per_token"].notna().any():
         parts.append("Before its timed runs, each model's resident model and its offloaded one ran untimed "
                      "generations of the timed length until two in a row agreed within 5% (at most 4): "
@@ -149,6 +153,13 @@ def _per_run(runs: str) -> str:
     return f" ({', '.join(fmt_ms(v) for v in ms)})" if len(ms) > 1 else ""
 
 
+def _host(r) -> str:
+    """The medians per MoE layer of the host's three costs (offload rows): the sync that reads the routing, the
+    strategy's decision, the issue of copies and kernels."""
+    vals = [r.get(k) for k in ("sync_us_per_layer", "plan_us_per_layer", "issue_us_per_layer")]
+    return "n/a" if any(v is None or is_nan(v) for v in vals) else ", ".join(f"{float(v):.0f}" for v in vals)
+
+
 def e10_table(frame: pd.DataFrame) -> Table:
     """One row per (model, arm, strategy, cache): decode and prefill tokens/s, latency, hits, bytes, simulator."""
     d = _sorted(frame)
@@ -165,6 +176,7 @@ def e10_table(frame: pd.DataFrame) -> Table:
         "prefill tok/s": [_num(v, lambda x: f"{x:,.0f}") for v in d["prefill_tokens_per_s"]],
         "hit rate": [_num(v, fmt_pct) for v in d["hit_rate"]],
         "GB moved (run)": [_num(moved_bytes(r), lambda x: f"{x / 1e9:,.2f}") for _, r in d.iterrows()],
+        "host us per layer: sync, decision, issue": [_host(r) for _, r in d.iterrows()],
         "sim ms/token (error)": ["n/a" if is_nan(s) else f"{fmt_ms(s)} ({fmt_signed_pct(e)})"
                                  for s, e in zip(d["sim_ms_per_token"], d["sim_error"])],
         "same tokens": [{"true": "yes", "false": "**no**"}.get(v, "n/a") for v in d["tokens_match_resident"]],
@@ -173,7 +185,8 @@ def e10_table(frame: pd.DataFrame) -> Table:
     if any(notes):
         text["note"] = notes
     cols = ["model", "arm", "strategy", "cache_experts", "cache_fraction", "decode_tokens_per_s", "ms_per_token",
-            "prefill_tokens_per_s", "hit_rate", "loads", "bytes_copied", "sim_ms_per_token", "sim_error",
+            "prefill_tokens_per_s", "hit_rate", "loads", "bytes_copied", "sync_us_per_layer", "plan_us_per_layer",
+            "issue_us_per_layer", "sim_ms_per_token", "sim_error",
             "tokens_match_resident", "note"]
     return Table("e10", "E10. Real transformers MoE models offloaded: tokens/s against resident and accelerate",
                  caption(d), d[[c for c in cols if c in d]], text)

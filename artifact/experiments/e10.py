@@ -68,6 +68,7 @@ from artifact.experiments.e10_harness import (
     accelerate_dispatch,
     build,
     d2h_idle_us,
+    decode_median,
     digest,
     fit_nonmoe,
     free,
@@ -175,11 +176,6 @@ class Rows:
 
 def _ms_list(ms: list[float]) -> str:
     return ";".join(f"{m:.3f}" for m in ms)
-
-
-def _decode_median(rep) -> float:
-    dec = rep.step_ms[1:]
-    return float(statistics.median(dec)) if dec else math.inf
 
 
 def _cell(v) -> str:
@@ -469,7 +465,8 @@ class ModelRun:
         if cal is None:
             return
         runs = cal[1].get("_reports", [cal[0]])
-        k = min(range(len(runs)), key=lambda i: _decode_median(runs[i]))  # the warmest run: the engine's own cost
+        # the warmest run: the engine's own cost
+        k = min(range(len(runs)), key=lambda i: decode_median(runs[i].step_ms) or math.inf)
         if len(runs) > 1:
             cal[1]["note"] = f"calibration point of the sim_* columns (fitted to its run {k + 1} of {len(runs)}, " \
                              f"the {'faster' if len(runs) == 2 else 'fastest'})"

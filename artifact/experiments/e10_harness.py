@@ -94,6 +94,11 @@ def generate(model, ids: torch.Tensor, new_tokens: int, budget_s: float) -> torc
         return model.generate(ids, **kw)
 
 
+def decode_median(step_ms: list) -> float | None:
+    """The median decode step (ms) of one run: every forward pass after the first (prefill); None without one."""
+    return float(statistics.median(step_ms[1:])) if len(step_ms) > 1 else None
+
+
 def warm_up(model, ids: torch.Tensor, new_tokens: int, budget_s: float, device: torch.device,
             tolerance: float = 0.05, max_runs: int = 4) -> list[float]:
     """Untimed generations of the timed length until the host and device are in a steady state: until two runs in a
@@ -107,10 +112,10 @@ def warm_up(model, ids: torch.Tensor, new_tokens: int, budget_s: float, device: 
             generate(model, ids, new_tokens, budget_s)
         finally:
             timer.close()
-        dec = timer.ms[1:]
-        if not dec:
+        med = decode_median(timer.ms)
+        if med is None:
             break
-        medians.append(float(statistics.median(dec)))
+        medians.append(med)
         if len(medians) >= 2 and abs(medians[-1] - medians[-2]) <= tolerance * min(medians[-2:]):
             break
     return medians

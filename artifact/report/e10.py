@@ -141,15 +141,19 @@ def _num(x, f) -> str:
     return "n/a" if is_nan(x) else f(x)
 
 
+def _ms_values(v) -> list[float]:
+    """The ms figures of a ``;``-separated cell (``ms_per_token_runs``, ``warmup_ms_per_token``); [] if empty."""
+    return [float(x) for x in str("" if v is None or is_nan(v) else v).split(";") if x.strip()]
+
+
 def _warm(v) -> str:
     """``a, b, c``: each warm-up run's median decode step."""
-    ms = [float(x) for x in str(v if not is_nan(v) else "").split(";") if x.strip()]
-    return ", ".join(f"{m:.1f}" for m in ms)
+    return ", ".join(f"{m:.1f}" for m in _ms_values(v))
 
 
 def _per_run(runs: str) -> str:
     """`` (a, b)``: each run's median decode step, where a row pooled several runs."""
-    ms = [float(v) for v in str(runs or "").split(";") if v.strip()]
+    ms = _ms_values(runs)
     return f" ({', '.join(fmt_ms(v) for v in ms)})" if len(ms) > 1 else ""
 
 

@@ -74,6 +74,8 @@ from artifact.policies.registry import register
 _FIXED = float(1 << 40)  # values are compared as integers of 2^-40
 _BETAS = (0.0, 1.0, 2.0)  # frequency only, the default, recency-leaning
 _CAL_EDGES = 2.0 ** np.arange(-12, 9)  # calibration buckets of the value (log2 steps)
+_NOT_HELD = np.iinfo(np.int64).max  # a shadow's key for an expert it does not hold (above every value's)
+_ROWS = np.arange(len(_BETAS))
 
 
 def break_even_bar(n: int, idle_ms: float, t_copy_ms: float, sure: float) -> np.ndarray:
@@ -121,6 +123,13 @@ class IntelligentDedup(Recency):
         self.min_p, self.sure_p, self.margin = min_probability, sure_probability, margin
         self.break_even = break_even
         n = L * E
+        # Per-layer tables, [current layer, expert's layer]: 1 where the expert's layer is still to come in this
+        # step (its last completed visit was in the previous step), and the square root of the layer-steps until it
+        # comes round (the distance term), so a value needs one gather each instead of the arithmetic.
+        lay = np.arange(L)
+        self._layer_of = np.repeat(lay, E).astype(np.int64)
+        self._later = (lay[None, :] > lay[:, None]).astype(np.int64)
+        self._sqrt_d = np.sqrt(((lay[None, :] - lay[:, None] - 1) % L + 1).astype(np.float64))
         self.uses = np.zeros(n, np.int64)  # layer-steps that read each expert
         self.last = np.full(n, -1, np.int64)  # step of its last read
         # Router rank at its last read (0 = a token's first choice; K = never read), and what each rank has been
@@ -159,15 +168,12 @@ class IntelligentDedup(Recency):
 
     # --- values ---------------------------------------------------------------------------------------------------
     def _features(self, gids: np.ndarray, g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(uses, visits of its layer since its last read (>= 1), layer-steps until its layer comes round, the
-        learned weight of its router rank at its last read)."""
-        L = self.ctx.L
-        s, layer = divmod(g, L)
-        m = gids // self.ctx.E
-        visited = np.where(m <= layer, s, s - 1)  # last completed visit of the expert's layer
-        age = np.maximum(visited - self.last[gids], 0) + 1
-        d = ((m - layer - 1) % L) + 1
-        return self.uses[gids], age, d, self._rank_weight()[self.rank[gids]]
+        """(uses, visits of its layer since its last read (>= 1), the square root of the layer-steps until its layer
+        comes round, the learned weight of its router rank at its last read)."""
+        s, layer = divmod(g, self.ctx.L)
+        m = self._layer_of[gids]
+        age = np.maximum(s - self._later[layer][m] - self.last[gids], 0) + 1  # since the last completed visit
+        return self.uses[gids], age, self._sqrt_d[layer][m], self._rank_weight()[self.rank[gids]]
 
     def _rank_weight(self) -> np.ndarray:
         """``[K + 1]``: how much likelier an expert last read at each router rank is to be read at its layer's next
@@ -180,18 +186,24 @@ class IntelligentDedup(Recency):
                 self._rank_w = (self.rank_hit + mean) / (self.rank_n + 1) / mean
         return self._rank_w
 
-    def _value(self, uses, age, d, w, beta: float) -> np.ndarray:
-        """The eviction value; ``d`` None: without the distance term (the same as ``d`` = 1, whose division is
-        exact)."""
-        return self._values(uses, age, d, w, (beta,))[0]
+    def _value(self, uses, age, sqrt_d, w, beta: float) -> np.ndarray:
+        """The eviction value; ``sqrt_d`` None: without the distance term (the same as a distance of 1, whose
+        division is exact)."""
+        return self._values(uses, age, sqrt_d, w, (beta,))[0]
 
-    def _values(self, uses, age, d, w, betas) -> np.ndarray:
-        """``[len(betas), n]``: the value under each beta, every element by the same operations."""
-        base = (uses if self.frequency else np.ones_like(uses)).astype(np.float64) * w
+    def _values(self, uses, age, sqrt_d, w, betas) -> np.ndarray:
+        """``[len(betas), n]``: the value under each beta, every element by the same operations
+        (``uses * w / age ** beta / sqrt_d``, left to right)."""
+        base = uses.astype(np.float64) * w if self.frequency else w  # 1.0 * w is w exactly
+        v = np.empty((len(betas), base.shape[0]))
         af = age.astype(np.float64)
-        v = np.stack([base / _pow(af, beta) for beta in betas]) if len(betas) > 1 else (base / _pow(af, betas[0]))[None]
-        if self.distance and d is not None:
-            v = v / np.sqrt(d.astype(np.float64))
+        for i, beta in enumerate(betas):
+            if beta == 0.0:
+                v[i] = base  # base / 1.0 is base exactly
+            else:
+                np.divide(base, _pow(af, beta), out=v[i])
+        if self.distance and sqrt_d is not None:
+            np.divide(v, sqrt_d, out=v)
         return v
 
     def _key(self, v: np.ndarray) -> np.ndarray:
@@ -219,9 +231,9 @@ class IntelligentDedup(Recency):
         used = np.zeros(E, bool)
         used[uniq - layer * E] = True
         used = used[seen - layer * E]
-        if self.do_prefetch and seen.size:
-            # Calibration (for prefetch admission): the value each seen expert had at this visit, and whether it was
-            # used.
+        if self.do_prefetch and (self.use_lookahead or self.co is not None) and seen.size:
+            # Calibration (for prefetch admission, so only with a forecast to prefetch from): the value each seen
+            # expert had at this visit, and whether it was used.
             # (as _features at layer-step g - 1, or g at layer 0, for experts of this layer only)
             visited = s - 1 if layer else s
             age = np.maximum(visited - self.last[seen], 0) + 1
@@ -256,8 +268,7 @@ class IntelligentDedup(Recency):
         self.last[uniq] = s
         # The best router rank each read expert had in this layer-step (columns are in router order).
         best = np.full(E, ctx.K, np.int64)
-        for k in range(r.shape[1] - 1, -1, -1):
-            best[r[:, k].astype(np.int64)] = k
+        np.minimum.at(best, r.reshape(-1).astype(np.int64), np.tile(np.arange(r.shape[1], dtype=np.int64), r.shape[0]))
         self.rank[uniq] = best[uniq - layer * E]
         # The forecast for the next layer, from what is known now: this layer-step's evictions and prefetches use it.
         self.next_layer = -1
@@ -277,14 +288,23 @@ class IntelligentDedup(Recency):
         need = self.shadow_n + miss - C
         if (need > 0).any():
             # One pass over the experts any shadow holds, shared by the shadows; this layer-step's experts are pinned
-            # while they are read (never a victim).
+            # while they are read (never a victim). Each shadow evicts its ``need`` first residents in the order
+            # (value, last read, expert): the same choice as ``smallest_lex`` on each shadow alone, for every shadow
+            # at once.
             res[:, uniq] = False
             held = np.nonzero(res.any(axis=0))[0]
-            keys = self._key(self._values(*self._features(held, g), _BETAS))
-            for i in np.nonzero(need > 0)[0].tolist():
-                at = np.nonzero(res[i, held])[0]
-                cand = held[at]
-                res[i, smallest_lex(cand, int(need[i]), keys[i, at], self.last[cand])] = False
+            keys = np.where(res[:, held], self._key(self._values(*self._features(held, g), _BETAS)), _NOT_HELD)
+            n = np.maximum(need, 0)
+            at = np.maximum(n - 1, 0)
+            part = np.partition(keys, sorted(set(at.tolist())), axis=1)
+            kth = np.where(n > 0, part[_ROWS, at], -1)
+            row, col = np.nonzero(keys <= kth[:, None])  # every resident tied with or below its shadow's n-th
+            gid = held[col]
+            order = np.lexsort((gid, self.last[gid], keys[row, col], row))
+            row, gid = row[order], gid[order]
+            first = np.searchsorted(row, _ROWS)
+            take = np.arange(row.shape[0]) - first[row] < n[row]
+            res[row[take], gid[take]] = False
         res[:, uniq] = True
         self.shadow_n += miss - np.maximum(need, 0)
         if g % self.ctx.L == self.ctx.L - 1:

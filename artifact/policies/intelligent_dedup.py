@@ -268,7 +268,8 @@ class IntelligentDedup(Recency):
         self.last[uniq] = s
         # The best router rank each read expert had in this layer-step (columns are in router order).
         best = np.full(E, ctx.K, np.int64)
-        np.minimum.at(best, r.reshape(-1).astype(np.int64), np.tile(np.arange(r.shape[1], dtype=np.int64), r.shape[0]))
+        for k in range(r.shape[1] - 1, -1, -1):
+            best[r[:, k].astype(np.int64)] = k
         self.rank[uniq] = best[uniq - layer * E]
         # The forecast for the next layer, from what is known now: this layer-step's evictions and prefetches use it.
         self.next_layer = -1

@@ -86,3 +86,61 @@ def test_break_even_prefetches_a_lookahead_below_the_fixed_bar():
     assert fixed["prefetch_issued"] == 0
     assert be["prefetch_issued"] > 0 and be["prefetch_used"] > 0.6 * be["prefetch_issued"]
     assert be["demand_loads"] < fixed["demand_loads"]
+
+
+def _optgen_misses(w, cache: int) -> int:
+    from artifact.policies.optgen import OptGen
+
+    req = build_requests(w)
+    gr = req.batched
+    og = OptGen(w.layers * w.model.experts, cache, 1)
+    for g in range(req.layer_steps):
+        lo, hi = gr.grp_off[gr.ls_off[g]], gr.grp_off[gr.ls_off[g + 1]]
+        ids = np.unique(gr.gid[lo:hi])
+        og.access(ids, g, np.zeros(ids.shape[0], np.int64))
+    assert og.reads == int(sum(np.unique(gr.gid[gr.grp_off[gr.ls_off[g]]:gr.grp_off[gr.ls_off[g + 1]]]).shape[0]
+                                for g in range(req.layer_steps)))
+    return og.misses
+
+
+@pytest.mark.parametrize("batch,cache", [(1, 8), (1, 20), (4, 24), (4, 60)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_optgen_misses_are_belady_loads(batch, cache, seed):
+    """OPTgen (the flagship's optional Belady imitation) replays MIN on the past: over a whole workload its misses are
+    exactly the loads of the ``belady`` bound (an independent construction: next-use times, furthest first)."""
+    w = random_workload(tiny_model(layers=4, experts=16, top_k=2), batch, n_seq=10, min_len=6, max_len=14,
+                        seed=seed)
+    bel = count_metrics(plan(w, "belady", cache, hardware=TEST_HW))["loads"]
+    assert _optgen_misses(w, cache) == bel
+
+
+def test_optgen_on_a_real_trace_and_its_labels():
+    from artifact.policies.optgen import OptGen
+
+    w = decode_workload(load("gpt-oss-120b"), 1)
+    cache = round(FRACTION * w.layers * w.model.experts)
+    assert _optgen_misses(w, cache) == count_metrics(plan(w, "belady", cache, hardware=load_profile("h200")))["loads"]
+    # Two slots. Reads 1, 2, 1: MIN keeps 1 across (one read at the step between). Reads 1, {2, 3}, 1: the middle
+    # step fills both slots, so 1's interval is cut, and that is known at the middle step, before 1 comes back.
+    og = OptGen(8, 2, 2)
+    for g, x in enumerate([1, 2, 1]):
+        og.access(np.array([x]), g, np.array([x % 2]))
+    assert (og.kept[1], og.resolved[1], og.misses) == (1, 1, 2)
+    og = OptGen(8, 2, 2)
+    og.access(np.array([1]), 0, np.array([1]))
+    og.access(np.array([2, 3]), 1, np.array([0, 0]))  # full: 1's open interval is cut before 1 comes back
+    assert (og.kept[1], og.resolved[1]) == (0, 1)
+    og.access(np.array([1]), 2, np.array([1]))
+    assert (og.resolved[1], og.misses) == (1, 4)  # not counted twice; every read a MIN miss
+    with pytest.raises(ValueError, match="optgen"):
+        OptGen(8, 0, 1)
+
+
+def test_imitation_is_off_by_default_and_changes_the_plan_when_on():
+    w = decode_workload(load("qwen3-30b-a3b"), 1, steps=24)
+    cache = round(0.05 * w.layers * w.model.experts)
+    hw = load_profile("h200")
+    base, on = (plan(w, FLAGSHIP, cache, hardware=hw, **kw) for kw in ({}, {"imitation": False}))
+    np.testing.assert_array_equal(base.load_gid, on.load_gid)
+    imit = plan(w, FLAGSHIP, cache, hardware=hw, imitation=True)
+    assert not np.array_equal(base.load_gid, imit.load_gid)

@@ -26,6 +26,7 @@ from artifact.experiments.runner import TIMELINES_FILE, read_rows, run_grid, ste
 from artifact.experiments.runs import WorkloadSpec, load_trace, make_workload, simulate_one
 from artifact.experiments.schema import FIELDS
 from artifact.models import PRESETS
+from artifact.report import ablation as AB
 from artifact.report import claims as C
 from artifact.report import figures as F
 from artifact.report import flagship as FL
@@ -652,13 +653,13 @@ def test_ablation_table_on_known_rows():
     rows = _rows(specs)
     rows["point_id"] = [f"gemma|trace|B1|C{c}|batched|intelligent_dedup[{v}]|S8|simulator"
                         for c, v in zip(rows["cache_experts"], rows["variant"])]
-    t = FL.ablation_table(L.prepare(rows.drop(columns=["cache", "refused"])))
+    t = AB.ablation_table(L.prepare(rows.drop(columns=["cache", "refused"])))
     cells = t.text.set_index("variant")
     assert cells.loc["full flagship", "gemma-4-26b-a4b (test)"] == "loads 1.00x, latency 1.00x"
     assert cells.loc["`no_prefetch`", "gemma-4-26b-a4b (test)"] == "loads 1.20x, latency 1.20x"
     assert cells.loc["`no_prefetch`", "costs most latency on"] == "gemma-4-26b-a4b (test): 1.20x"
     assert cells.loc["`no_frequency`", "costs most latency on"].startswith("nowhere")
-    assert list(t.text["variant"])[:2] == ["full flagship", "`no_frequency`"]  # the order of FL.VARIANTS
+    assert list(t.text["variant"])[:2] == ["full flagship", "`no_frequency`"]  # the order of AB.VARIANTS
 
 
 def test_bar_frontier_on_known_rows():

@@ -195,6 +195,7 @@ ABLATION = {
     "fixed_bar": (("break_even", False),),
     "beta_0": (("adaptive", False), ("beta", 0.0)),
     "beta_2": (("adaptive", False), ("beta", 2.0)),
+    "with_imitation": (("imitation", True),),
 }
 FLAGSHIP = "intelligent_dedup"
 # Target 1 asks for loads and latency both within 2% of the best peer at every point; at small batch the peers that

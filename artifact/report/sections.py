@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from artifact.report import ablation as AB
 from artifact.report import e10 as E10
 from artifact.report import flagship as FL
 from artifact.report import frontier as FR
@@ -126,7 +127,7 @@ def flagship_targets(raw: Mapping[str, pd.DataFrame], flagship: str) -> str:
               table_md(FL.target_oracle(raw.get("sim"), flagship))]
     abl = raw.get("ablation")
     if abl is not None and not abl.empty:
-        parts.append(table_md(FL.ablation_table(abl)))
+        parts.append(table_md(AB.ablation_table(abl)))
     else:
         parts.append("**Ablation.** raw/ablation.csv is absent: no component of the flagship was switched off.\n")
     return _join(parts)

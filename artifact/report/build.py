@@ -80,8 +80,8 @@ def _what_was_run(raw: Mapping[str, pd.DataFrame], profiles, gpu_checks, timelin
     out = "\n".join(lines) + "\n"
     abl = raw.get("ablation")
     if abl is not None and not abl.empty:
-        out += ("\nraw/ablation.csv variants (the flagship with one component off, or its recency/frequency balance "
-                "fixed; empty = the full flagship): "
+        out += ("\nraw/ablation.csv variants (the flagship with one component off, an optional one on, or its "
+                "recency/frequency balance fixed; empty = the full flagship): "
                 + ", ".join(f"`{v}`" if v else "(full)" for v in sorted(set(abl["variant"]))) + ".\n")
     e10 = Path(results) / "raw" / E10_FILE
     if e10.is_file():

@@ -59,7 +59,7 @@ Imitating Belady's MIN on the past (``imitation=True``, off by default; Hawkeye,
 (:mod:`artifact.policies.optgen`) replays MIN online on the reads seen so far, exactly (its misses equal ``belady``'s
 loads), and learns, per signature of the read that opened an interval (its layer and router rank, Hawkeye's load PC),
 the share of intervals MIN kept; the eviction value is multiplied by that share. On the development split it buys
-nothing: the Qwen3 trace's share of the gap closed goes from 25.9% to 26.0% (other signatures tried there, all within
+nothing: the Qwen3 trace's share of the gap closed goes from 25.85% to 26.04% (other signatures tried there, all within
 a point: rank and uses 25.4%, uses 25.5%, the expert itself 25.4%; also evicting first the residents whose interval
 MIN has already cut, 25.0%), and on switch-base-128 (seeds 0-2, cache 128) it costs up to 0.6% more loads and 0.9%
 more latency at batch 8 and 64. The past routing says no more about the future than the value already reads (the

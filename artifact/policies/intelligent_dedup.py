@@ -100,14 +100,13 @@ def break_even_bar(n: int, idle_ms: float, t_copy_ms: float, sure: float) -> np.
 
 
 def _pow(x: np.ndarray, beta: float) -> np.ndarray:
-    """``x ** beta`` for the betas used, from correctly rounded operations only (the same bits everywhere)."""
-    if beta == 0.0:
-        return np.ones_like(x)
+    """``x ** beta`` for beta 1 and 2, from correctly rounded operations only (the same bits everywhere); beta 0 needs
+    no division, and :meth:`IntelligentDedup._values` makes none."""
     if beta == 1.0:
         return x
     if beta == 2.0:
         return x * x
-    raise ValueError(f"intelligent_dedup: beta must be one of {_BETAS}, got {beta}")
+    raise ValueError(f"intelligent_dedup: _pow takes beta 1 or 2, got {beta}")
 
 
 @register("intelligent_dedup", "ours: reuse rate per slot-time weighted by the learned worth of the router rank, "

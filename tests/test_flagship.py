@@ -1,6 +1,7 @@
 """The flagship against every peer with the same information, on each vendored real decode trace, at one cache size
 (10% of the routed experts, batch 1): its plan needs no more loads than any of theirs (counts, not times). And its
-learned router-rank weight, on routings built so that only the rank tells a reused expert from a dead one."""
+learned router-rank weight, on routings built so that only the rank tells a reused expert from a dead one. And its
+optional Belady imitation: OPTgen's misses against the ``belady`` bound's loads, its labels on hand-made reads."""
 
 from __future__ import annotations
 

@@ -10,8 +10,8 @@
 - ``real`` (E8): every strategy on every vendored real decode trace, batch 1, caches of 5-40% of routed experts.
 - ``sensitivity`` (E9): switch-base-128 with the generator's temporal locality and adjacent-layer coupling swept, and
   its lookahead's accuracy.
-- ``ablation``: the flagship with each component off in turn (and its recency/frequency balance fixed at each
-  setting), on the synthetic workload and every real trace.
+- ``ablation``: the flagship with each component off in turn, each optional one on (and its recency/frequency
+  balance fixed at each setting), on the synthetic workload and every real trace.
 - ``frontier``: target 1 at small batch on the development split: the flagship's prefetch bar swept (fixed bars from
   0.5 to 0.99, no prefetch, and the default break-even bar) at batch 1, 2 and 4, every cache and development seed of
   ``sim``, so that its loads and latency sit beside the peers' rows of ``sim`` at the same points.
@@ -178,10 +178,10 @@ SENSITIVITY_STEPS = 64
 # generator's assumption is 0.85) up to an exact one, for the strategies that read it and the bounds: how far a better
 # next-layer predictor would bring each toward the oracle.
 SENSITIVITY_LOOKAHEAD = (0.7, 0.85, 1.0)
-# The ablation: the flagship with each component switched off in turn, the one optional component (the learned
-# co-occurrence forecast, off by default) switched on, and the recency/frequency balance fixed at each setting the
-# shadow caches choose from (variant name -> parameters). The report also takes, at each point, the best variant in
-# hindsight: how far switching the flagship's parts could go.
+# The ablation: the flagship with each component switched off in turn, each optional component (the learned
+# co-occurrence forecast and the imitation of Belady on the past, both off by default) switched on, and the
+# recency/frequency balance fixed at each setting the shadow caches choose from (variant name -> parameters). The
+# report also takes, at each point, the best variant in hindsight: how far switching the flagship's parts could go.
 ABLATION = {
     "": (),
     "no_adaptive": (("adaptive", False),),
